@@ -1,0 +1,42 @@
+# Two entry points, each self-contained on a fresh machine:
+#   make demo   - the main job on the embedded default (LanceDB on disk + all-MiniLM-L6-v2)
+#   make test   - the test-suite, ruff and mypy
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export LANCEDB_LOG := error
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test lint typecheck bench clean install
+
+$(STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/pertinent demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check pertinent tests bench examples
+	$(BIN)/mypy pertinent
+
+test: $(STAMP) lint
+	# pytest exits 5 when it collects no tests: not a failure of the code.
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo 'no tests collected'; exit 0; fi; exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_retrieve.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache pertinent-demo-data

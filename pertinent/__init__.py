@@ -1,0 +1,103 @@
+"""pertinent: personalized retrieval for LLM agents.
+
+    import pertinent
+    px = pertinent.open("./pertinent-data")
+    px.ingest(docs)
+    px.record("alice", pertinent.Event(kind="open", item_id=chunk_id))
+    ctx = px.retrieve("how do I rotate API keys?", user_id="alice", session_id="s1",
+                      budget=pertinent.Budget(model="gpt-4o", max_tokens=1500))
+
+Only the names below are public; modules are implementation detail.
+"""
+
+from pertinent.client import ForgetReceipt, IngestReport, Pertinent, open
+from pertinent.config import EventWeights, ScoringWeights, Settings
+from pertinent.embeddings import CachedQueryEmbedder, Embedder, SentenceTransformerEmbedder
+from pertinent.errors import (
+    BudgetTooSmall,
+    ConfigurationError,
+    DimensionMismatch,
+    DocumentLoadError,
+    EmbeddingModelMismatch,
+    EmptyQuery,
+    InvalidInput,
+    InvalidVector,
+    MissingDependency,
+    NonFiniteVector,
+    PertinentError,
+    QueryTooLong,
+    StoreCorrupted,
+    StoreError,
+    StoreNotWritable,
+    StoreUnavailable,
+    TokenizerUnavailable,
+    UnknownEventKind,
+    UnknownItem,
+)
+from pertinent.memory.profiles import ProfileView
+from pertinent.memory.sessions import SessionView
+from pertinent.retrievers.rerank import CrossEncoderReranker, Reranker
+from pertinent.stores.base import SearchFilter, Store
+from pertinent.types import (
+    Budget,
+    Chunk,
+    Citation,
+    Document,
+    Event,
+    Hit,
+    PackedContext,
+    Result,
+    ScoreBreakdown,
+    Turn,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Budget",
+    "BudgetTooSmall",
+    "CachedQueryEmbedder",
+    "Chunk",
+    "Citation",
+    "ConfigurationError",
+    "CrossEncoderReranker",
+    "DimensionMismatch",
+    "Document",
+    "DocumentLoadError",
+    "Embedder",
+    "EmbeddingModelMismatch",
+    "EmptyQuery",
+    "Event",
+    "EventWeights",
+    "ForgetReceipt",
+    "Hit",
+    "IngestReport",
+    "InvalidInput",
+    "InvalidVector",
+    "MissingDependency",
+    "NonFiniteVector",
+    "PackedContext",
+    "Pertinent",
+    "PertinentError",
+    "ProfileView",
+    "QueryTooLong",
+    "Reranker",
+    "Result",
+    "ScoreBreakdown",
+    "ScoringWeights",
+    "SearchFilter",
+    "SentenceTransformerEmbedder",
+    "SessionView",
+    "Settings",
+    "Store",
+    "StoreCorrupted",
+    "StoreError",
+    "StoreNotWritable",
+    "StoreUnavailable",
+    "TokenizerUnavailable",
+    "Turn",
+    "UnknownEventKind",
+    "UnknownItem",
+    "__version__",
+    "open",
+]

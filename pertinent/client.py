@@ -1,0 +1,481 @@
+"""`Pertinent`: the one object users hold. It wires the embedder, the store, the
+user and session states, the pipeline and the packer, and validates input once,
+here, so the stages below can trust their arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from pertinent.config import Settings
+from pertinent.embeddings import CachedQueryEmbedder, Embedder, SentenceTransformerEmbedder
+from pertinent.errors import EmptyQuery, InvalidInput, UnknownItem
+from pertinent.ingest import Chunker, to_documents
+from pertinent.memory.profiles import ProfileView, UserProfile
+from pertinent.memory.sessions import SessionState, SessionView
+from pertinent.prompts.packing import pack
+from pertinent.prompts.tokenizers import tokenizer_for
+from pertinent.retrievers.pipeline import StageTimes, gather_candidates, rank
+from pertinent.retrievers.rerank import Reranker
+from pertinent.stores.base import SearchFilter, Store, StoredEvent, StoredTurn
+from pertinent.types import (
+    Budget,
+    Chunk,
+    Event,
+    PackedContext,
+    Result,
+    Turn,
+    Vector,
+    as_utc,
+    utcnow,
+)
+
+__all__ = ["ForgetReceipt", "IngestReport", "Pertinent", "open"]
+
+_NEGATIVE_KINDS = frozenset({"reject", "dislike", "skip"})
+_MAX_QUERY_CHARS = 100_000
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    documents: int
+    chunks: int
+    doc_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ForgetReceipt:
+    """What `forget_user` deleted, for the audit trail. Counts are 0 on a repeat call."""
+
+    user_id: str
+    deleted: Mapping[str, int]
+    at: datetime
+    caches_cleared: tuple[str, ...] = field(default=())
+
+    @property
+    def total(self) -> int:
+        return sum(self.deleted.values())
+
+
+def _check_id(value: str | None, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{what} must be a non-empty string, got {value!r}.")
+    if "\x00" in value:
+        raise InvalidInput(f"{what} may not contain NUL characters.")
+    return value
+
+
+class Pertinent:
+    """Personalized retrieval over one store.
+
+    Thread-safe: each user's profile and each session has its own lock; the store
+    handles concurrent writers. Async methods run the same code off the event loop.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder,
+        settings: Settings,
+        *,
+        reranker: Reranker | None = None,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.settings = settings
+        self.reranker = reranker
+        self.last_times: StageTimes | None = None
+        self._chunker = Chunker(
+            embedder.count_tokens, chunk_tokens=min(settings.chunk_tokens, embedder.max_tokens - 2),
+            overlap=settings.chunk_overlap,
+        )
+        self._profiles: dict[str, UserProfile] = {}
+        self._sessions: dict[tuple[str, str], SessionState] = {}
+        self._locks: dict[object, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Pertinent:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _lock(self, key: object) -> threading.Lock:
+        with self._locks_guard:
+            lock = self._locks.get(key)
+            if lock is None:
+                lock = self._locks[key] = threading.Lock()
+            return lock
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest(
+        self,
+        docs: Any,
+        *,
+        acl: Sequence[str] = (),
+        owner: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        show_progress: bool | None = None,
+        batch_chunks: int = 1024,
+    ) -> IngestReport:
+        """Chunk, embed and store documents; re-ingesting a document id replaces it.
+
+        `docs`: a str (text, never a path), a dict with `text`, a `Document`, a
+        `pathlib.Path` to a file or directory (.md/.txt/.rst), or an iterable of those.
+        `acl` restricts who may read them (``"role:support"``); `owner` makes them
+        private to one user. Chunks are written in batches of whole documents, so a
+        document is always replaced in one commit.
+        """
+        if owner is not None:
+            _check_id(owner, "owner")
+        documents = to_documents(docs, acl=acl, owner=owner, metadata=metadata)
+        progress = self.settings.show_progress if show_progress is None else show_progress
+        from tqdm.auto import tqdm
+
+        total_chunks = 0
+        batch: list[Chunk] = []
+        bar = tqdm(total=len(documents), unit="doc", desc="ingest", disable=progress is False,
+                   leave=False)
+        try:
+            pending_docs = 0
+            for doc in documents:
+                batch.extend(self._chunker.split(doc))
+                pending_docs += 1
+                if len(batch) >= batch_chunks:
+                    total_chunks += self._write_chunks(batch)
+                    bar.update(pending_docs)
+                    batch, pending_docs = [], 0
+            if batch:
+                total_chunks += self._write_chunks(batch)
+            bar.update(pending_docs)
+        finally:
+            bar.close()
+        return IngestReport(
+            documents=len(documents), chunks=total_chunks, doc_ids=tuple(d.id for d in documents)
+        )
+
+    def _write_chunks(self, chunks: list[Chunk]) -> int:
+        vectors = self.embedder.embed_documents([c.text for c in chunks])
+        model_id = self.embedder.model_id
+        embedded = [
+            Chunk(
+                id=c.id, doc_id=c.doc_id, text=c.text, position=c.position, metadata=c.metadata,
+                acl=c.acl, owner=c.owner, source=c.source, title=c.title, model_id=model_id,
+                vector=vectors[i],
+            )
+            for i, c in enumerate(chunks)
+        ]
+        return self.store.upsert_chunks(embedded)
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> int:
+        return self.store.delete_documents([_check_id(d, "document id") for d in doc_ids])
+
+    # ------------------------------------------------------------------ events
+
+    def record(self, user_id: str, events: Event | Iterable[Event]) -> int:
+        """Append events to the user's log and fold them into the profile.
+
+        Nothing is written unless every event is valid (an unknown item id with no
+        text raises `UnknownItem` before any write).
+        """
+        _check_id(user_id, "user_id")
+        batch = [events] if isinstance(events, Event) else list(events)
+        if not batch:
+            return 0
+        for e in batch:
+            if not isinstance(e, Event):
+                raise InvalidInput(f"record() takes pertinent.Event objects, got {type(e).__name__}.")
+        item_ids = sorted({e.item_id for e in batch if e.item_id})
+        items = {c.id: c for c in self.store.get_chunks(item_ids, user_id=user_id)}
+        texts = [e.text for e in batch if (not e.item_id or e.item_id not in items) and e.text]
+        text_vectors = dict(zip(texts, self.embedder.embed_documents(texts))) if texts else {}
+        now = utcnow()
+        stored: list[StoredEvent] = []
+        for e in batch:
+            vector: Vector
+            if e.item_id and e.item_id in items and items[e.item_id].vector is not None:
+                vector = np.asarray(items[e.item_id].vector, dtype=np.float32)
+            elif e.text and e.text in text_vectors:
+                vector = text_vectors[e.text]
+            else:
+                raise UnknownItem(
+                    f"Event {e.kind!r} names item {e.item_id!r}, which is not in the store (or not "
+                    "visible to this user), and has no text to embed. Pass a chunk id from a "
+                    "result (`result.id`) or add text=."
+                )
+            stored.append(
+                StoredEvent(
+                    id=uuid.uuid4().hex, user_id=user_id, kind=e.kind, weight=self._weight(e),
+                    timestamp=e.timestamp or now, item_id=e.item_id, text=e.text,
+                    session_id=e.session_id, model_id=self.embedder.model_id, vector=vector,
+                )
+            )
+        with self._lock(("user", user_id)):
+            self.store.append_events(stored)
+            profile = self._profiles.get(user_id)
+            if profile is not None:
+                for s in stored:
+                    profile.add(s.vector, s.weight, s.timestamp)
+        return len(stored)
+
+    def _weight(self, event: Event) -> float:
+        default = self.settings.event_weights.weight(event.kind)
+        magnitude = abs(event.weight) if event.weight is not None else abs(default)
+        return -magnitude if event.kind in _NEGATIVE_KINDS else magnitude
+
+    def _user_profile(self, user_id: str) -> UserProfile:
+        with self._lock(("user", user_id)):
+            profile = self._profiles.get(user_id)
+            if profile is None:
+                events = self.store.read_events(user_id)
+                s = self.settings
+                profile = UserProfile.rebuild(
+                    self.embedder.dim,
+                    [(e.vector, e.weight, e.timestamp) for e in events],
+                    half_life_days=s.half_life_days, interests=s.interests,
+                    interest_threshold=s.interest_threshold,
+                )
+                self._profiles[user_id] = profile
+            return profile
+
+    def profile(self, user_id: str | None, now: datetime | None = None) -> ProfileView:
+        """The user's profile as of `now`; an unknown or absent user is a cold profile."""
+        if user_id is None:
+            return ProfileView(None, None, 0.0, 0.0, 0.0)
+        _check_id(user_id, "user_id")
+        return self._user_profile(user_id).view(
+            as_utc(now) if now else utcnow(), self.settings.confidence_n0
+        )
+
+    # ------------------------------------------------------------------ sessions
+
+    def _session_state(self, user_id: str, session_id: str) -> SessionState:
+        key = (user_id, session_id)
+        with self._lock(("session", key)):
+            state = self._sessions.get(key)
+            if state is None:
+                state = SessionState(
+                    self.embedder.dim, half_life_turns=self.settings.session_half_life_turns
+                )
+                for t in self.store.read_turns(user_id, session_id):
+                    state.add(t.vector)
+                self._sessions[key] = state
+            return state
+
+    def add_turn(self, user_id: str, session_id: str, role: str, text: str,
+                 *, vector: Vector | None = None) -> None:
+        """Add a conversation turn (the user's or the assistant's) to the session."""
+        _check_id(user_id, "user_id")
+        _check_id(session_id, "session_id")
+        if not text or not text.strip():
+            raise InvalidInput("A turn needs non-empty text.")
+        vec = vector if vector is not None else self.embedder.embed_documents([text])[0]
+        state = self._session_state(user_id, session_id)
+        with self._lock(("session", (user_id, session_id))):
+            self.store.append_turns([
+                StoredTurn(id=uuid.uuid4().hex, user_id=user_id, session_id=session_id, role=role,
+                           text=text, timestamp=utcnow(), model_id=self.embedder.model_id,
+                           vector=np.asarray(vec, dtype=np.float32))
+            ])
+            state.add(np.asarray(vec, dtype=np.float32))
+
+    def session(self, user_id: str | None, session_id: str | None) -> SessionView:
+        if user_id is None or session_id is None:
+            return SessionView(vector=None, gate=0.0, turns=0)
+        return self._session_state(user_id, session_id).view(self.settings.session_n0)
+
+    def history(self, user_id: str, session_id: str) -> list[Turn]:
+        return [Turn(role=t.role, text=t.text, timestamp=t.timestamp)
+                for t in self.store.read_turns(_check_id(user_id, "user_id"),
+                                               _check_id(session_id, "session_id"))]
+
+    # ------------------------------------------------------------------ retrieval
+
+    def search(
+        self,
+        query: str,
+        *,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        principals: Sequence[str] = (),
+        top_k: int | None = None,
+        exclude_ids: Sequence[str] = (),
+        now: datetime | None = None,
+    ) -> list[Result]:
+        """Ranked, explained results without packing or recording anything."""
+        results, _ = self._search(query, user_id, session_id, principals, top_k, exclude_ids, now)
+        return results
+
+    def _search(
+        self,
+        query: str,
+        user_id: str | None,
+        session_id: str | None,
+        principals: Sequence[str],
+        top_k: int | None,
+        exclude_ids: Sequence[str],
+        now: datetime | None,
+    ) -> tuple[list[Result], Vector]:
+        if not isinstance(query, str) or not query.strip():
+            raise EmptyQuery("The query is empty; pass the user's question as text.")
+        if len(query) > _MAX_QUERY_CHARS:
+            from pertinent.errors import QueryTooLong
+
+            raise QueryTooLong(
+                f"The query has {len(query)} characters; pass the question, not a document "
+                "(put conversation context in session turns)."
+            )
+        if user_id is not None:
+            _check_id(user_id, "user_id")
+        if session_id is not None:
+            _check_id(session_id, "session_id")
+            if user_id is None:
+                raise InvalidInput("session_id needs a user_id: sessions belong to a user.")
+        k = top_k if top_k is not None else self.settings.top_k
+        if k <= 0:
+            raise InvalidInput(f"top_k must be positive, got {k}.")
+        times = StageTimes()
+        t0 = time.perf_counter()
+        qvec = self.embedder.embed_query(query)
+        times.add("embed_query", t0)
+        profile = self.profile(user_id, now)
+        session = self.session(user_id, session_id)
+        where = SearchFilter(
+            user_id=user_id,
+            principals=tuple(principals) + ((f"user:{user_id}",) if user_id else ()),
+            exclude_ids=tuple(exclude_ids),
+        )
+        candidates = gather_candidates(self.store, query, qvec, profile, self.settings, where,
+                                       times)
+        results = rank(query, candidates, profile, session, self.settings, top_k=k,
+                       reranker=self.reranker, times=times)
+        self.last_times = times
+        return results, qvec
+
+    def retrieve(
+        self,
+        query: str,
+        *,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        budget: Budget | None = None,
+        principals: Sequence[str] = (),
+        instructions: str = "",
+        memories: Sequence[str] = (),
+        include_history: bool = False,
+        top_k: int | None = None,
+        exclude_ids: Sequence[str] = (),
+        remember: bool = True,
+        now: datetime | None = None,
+    ) -> PackedContext:
+        """The context to put in the prompt for this user, in this conversation.
+
+        `principals` are the caller's groups for ACLs (``"role:support"``; the user's
+        own ``"user:<id>"`` is added). An unknown user gets plain hybrid search. With
+        `remember` (default), the query becomes a session turn and a `query` event
+        *after* ranking, so it personalizes the next turn, not this one.
+        """
+        budget = budget or Budget(self.settings.budget_model, self.settings.budget_tokens)
+        results, qvec = self._search(query, user_id, session_id, principals, top_k, exclude_ids,
+                                     now)
+        history: list[Turn] = []
+        if include_history and user_id and session_id:
+            history = self.history(user_id, session_id)
+        t0 = time.perf_counter()
+        packed = pack(
+            results, budget, instructions=instructions, memories=memories, history=history,
+            near_duplicate_cosine=self.settings.near_duplicate_cosine,
+            min_partial_tokens=self.settings.min_partial_tokens,
+            tokenizer=tokenizer_for(budget.model),
+        )
+        if self.last_times is not None:
+            self.last_times.add("pack", t0)
+        if remember and user_id is not None:
+            t0 = time.perf_counter()
+            if session_id is not None:
+                self.add_turn(user_id, session_id, "user", query, vector=qvec)
+            self.record(user_id, Event(kind="query", text=query, session_id=session_id,
+                                       timestamp=now))
+            if self.last_times is not None:
+                self.last_times.add("remember", t0)
+        return packed
+
+    # ------------------------------------------------------------------ async
+
+    async def aretrieve(self, query: str, **kwargs: Any) -> PackedContext:
+        """`retrieve` off the event loop (the model and LanceDB calls are blocking)."""
+        return await asyncio.to_thread(lambda: self.retrieve(query, **kwargs))
+
+    async def asearch(self, query: str, **kwargs: Any) -> list[Result]:
+        return await asyncio.to_thread(lambda: self.search(query, **kwargs))
+
+    async def arecord(self, user_id: str, events: Event | Iterable[Event]) -> int:
+        return await asyncio.to_thread(self.record, user_id, events)
+
+    async def aingest(self, docs: Any, **kwargs: Any) -> IngestReport:
+        return await asyncio.to_thread(lambda: self.ingest(docs, **kwargs))
+
+    # ------------------------------------------------------------------ privacy
+
+    def forget_user(self, user_id: str) -> ForgetReceipt:
+        """Delete everything the user owns: events, session turns, owned chunks, the
+        cached profile and sessions, and the query-embedding cache (it holds their
+        questions). Idempotent: a second call deletes nothing and says so."""
+        _check_id(user_id, "user_id")
+        with self._lock(("user", user_id)):
+            deleted = dict(self.store.delete_user(user_id))
+            had_profile = self._profiles.pop(user_id, None) is not None
+            dropped = [k for k in self._sessions if k[0] == user_id]
+            for k in dropped:
+                del self._sessions[k]
+        cleared = []
+        if isinstance(self.embedder, CachedQueryEmbedder):
+            self.embedder.clear()
+            cleared.append("query_embeddings")
+        deleted["cached_profile"] = int(had_profile)
+        deleted["cached_sessions"] = len(dropped)
+        return ForgetReceipt(user_id=user_id, deleted=deleted, at=utcnow(),
+                             caches_cleared=tuple(cleared))
+
+
+def open(
+    path: str | Path | None = None,
+    *,
+    settings: Settings | None = None,
+    embedder: Embedder | None = None,
+    reranker: Reranker | None = None,
+) -> Pertinent:
+    """Open (or create) a store. The embedded default: LanceDB under `path` and the
+    bundled all-MiniLM-L6-v2 model; nothing is downloaded."""
+    s = settings or Settings()
+    if path is not None:
+        s = s.model_copy(update={"path": Path(path)})
+    emb: Embedder = embedder or SentenceTransformerEmbedder(
+        s.embedding_model, batch_size=s.embedding_batch_size, torch_threads=s.torch_threads
+    )
+    if s.query_cache_size > 0 and not isinstance(emb, CachedQueryEmbedder):
+        emb = CachedQueryEmbedder(emb, s.query_cache_size)
+    from pertinent.stores.lancedb import LanceDBStore
+
+    store = LanceDBStore(s.path, model_id=emb.model_id, dim=emb.dim)
+    return Pertinent(store, emb, s, reranker=reranker)
+

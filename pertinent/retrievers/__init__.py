@@ -1,0 +1,1 @@
+"""Candidate generation, personalized re-scoring, optional cross-encoder, MMR."""

@@ -1,0 +1,152 @@
+"""From a query vector to ranked, explained results.
+
+Stages: candidates (store hybrid search ∪ a vector leg on the user-blended query) →
+re-score (hybrid, user, session) → optional cross-encoder → MMR. Each stage's time is
+recorded in `StageTimes` so benchmarks and servers can report them per stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pertinent.config import Settings
+from pertinent.memory.profiles import ProfileView
+from pertinent.memory.sessions import SessionView
+from pertinent.retrievers.diversity import mmr
+from pertinent.retrievers.rerank import Reranker
+from pertinent.retrievers.rescoring import Candidate, blended_query, minmax, rescore
+from pertinent.stores.base import SearchFilter, Store
+from pertinent.types import Hit, Result, ScoreBreakdown, Vector
+
+__all__ = ["StageTimes", "gather_candidates", "rank"]
+
+
+@dataclass
+class StageTimes:
+    """Milliseconds per stage of one retrieval."""
+
+    ms: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, start: float) -> float:
+        now = time.perf_counter()
+        self.ms[stage] = self.ms.get(stage, 0.0) + (now - start) * 1000.0
+        return now
+
+
+def gather_candidates(
+    store: Store,
+    text: str,
+    query: Vector,
+    profile: ProfileView,
+    settings: Settings,
+    where: SearchFilter,
+    times: StageTimes | None = None,
+) -> list[Candidate]:
+    """The store's hybrid top-N, plus the user-blended vector leg's top-M.
+
+    A chunk found only by the user leg gets a hybrid score from its query cosine,
+    scaled like the hybrid leg's vector part (its bm25 part is 0: the keyword leg did
+    not return it), so it competes on the same scale.
+    """
+    t0 = time.perf_counter()
+    hybrid_hits = store.hybrid_search(
+        text, query, k=settings.candidates, alpha=settings.alpha, where=where
+    )
+    if times is not None:
+        t0 = times.add("hybrid_search", t0)
+    user_hits: list[Hit] = []
+    blended = blended_query(query, profile, settings.rho)
+    if blended is not None and settings.user_candidates > 0:
+        user_hits = store.vector_search(blended, k=settings.user_candidates, where=where)
+        if times is not None:
+            times.add("user_leg", t0)
+
+    out: dict[str, Candidate] = {}
+    cosines = [h.vector_cosine for h in hybrid_hits if h.vector_cosine is not None]
+    lo, hi = (min(cosines), max(cosines)) if cosines else (0.0, 1.0)
+    for h in hybrid_hits:
+        out[h.id] = Candidate(
+            chunk=h.chunk, bm25=h.bm25 or 0.0, vector=h.vector_cosine or 0.0,
+            hybrid=h.hybrid, found_by=("hybrid",),
+        )
+    for h in user_hits:
+        if h.id in out:
+            c = out[h.id]
+            out[h.id] = Candidate(c.chunk, c.bm25, c.vector, c.hybrid, (*c.found_by, "user"))
+            continue
+        assert h.chunk.vector is not None
+        cos = float(h.chunk.vector @ query)
+        scaled = (cos - lo) / (hi - lo) if hi - lo > 1e-12 else 1.0
+        out[h.id] = Candidate(
+            chunk=h.chunk, bm25=0.0, vector=cos,
+            hybrid=settings.alpha * float(np.clip(scaled, 0.0, 1.0)), found_by=("user",),
+        )
+    return list(out.values())
+
+
+def rank(
+    query_text: str,
+    candidates: Sequence[Candidate],
+    profile: ProfileView,
+    session: SessionView,
+    settings: Settings,
+    *,
+    top_k: int,
+    reranker: Reranker | None = None,
+    times: StageTimes | None = None,
+) -> list[Result]:
+    """Re-score, optionally cross-encode, then pick `top_k` with MMR."""
+    if not candidates:
+        return []
+    t0 = time.perf_counter()
+    matrix = np.stack([np.asarray(c.chunk.vector, dtype=np.float32) for c in candidates])
+    scored = rescore(candidates, matrix, profile, session, settings.weights)
+    final = np.array([s.personalized for s in scored], dtype=np.float64)
+    if times is not None:
+        t0 = times.add("rescore", t0)
+    rerank_terms: list[float | None] = [None] * len(scored)
+    if reranker is not None:
+        raw = np.asarray(
+            reranker.score(query_text, [c.chunk.text for c in candidates]), dtype=np.float64
+        )
+        if raw.shape != (len(candidates),) or not np.all(np.isfinite(raw)):
+            from pertinent.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"The reranker returned {raw.shape} scores (finite: {bool(np.all(np.isfinite(raw)))}) "
+                f"for {len(candidates)} passages; it must return one finite score per passage."
+            )
+        norm = minmax(raw)
+        w = settings.weights.rerank
+        final = (1.0 - w) * final + w * norm
+        rerank_terms = [float(x) for x in norm]
+        if times is not None:
+            t0 = times.add("rerank", t0)
+    picks = mmr(final, matrix.astype(np.float64), k=top_k, lam=settings.mmr_lambda)
+    if times is not None:
+        times.add("mmr", t0)
+    results = []
+    for rank_no, (i, mmr_value) in enumerate(picks, start=1):
+        s = scored[i]
+        c = s.candidate
+        breakdown = ScoreBreakdown(
+            bm25=c.bm25,
+            vector=c.vector,
+            hybrid=c.hybrid,
+            user=s.user,
+            user_negative=s.user_negative,
+            user_gate=profile.gate,
+            session=s.session,
+            session_gate=session.gate,
+            personalized=s.personalized,
+            rerank=rerank_terms[i],
+            final=float(final[i]),
+            mmr=mmr_value,
+            found_by=c.found_by,
+        )
+        results.append(Result(chunk=c.chunk, rank=rank_no, score=float(final[i]), explain=breakdown))
+    return results

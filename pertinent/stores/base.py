@@ -1,0 +1,123 @@
+"""The `Store` protocol every backend implements, and the records it keeps.
+
+A store holds three kinds of data:
+- shared chunks (documents, searchable by everyone their ACL admits),
+- user-owned chunks (`owner` set: only that user can ever retrieve them),
+- user-owned logs: events (the source of truth of the profile) and session turns.
+
+Isolation is the store's job, not the caller's: every read of user-owned data takes
+the user id, and `SearchFilter` always restricts owned chunks to `user_id`. The same
+contract suite (`tests/stores/`) runs on every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from pertinent.types import Chunk, Hit, Vector
+
+__all__ = ["SearchFilter", "Store", "StoredEvent", "StoredTurn"]
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Which chunks a search may return.
+
+    A chunk is visible when (it is shared, or owned by `user_id`) and (its ACL is empty,
+    or shares a principal with `principals`). `exclude_ids` removes chunks the caller
+    has already seen (e.g. items in a user's history).
+    """
+
+    user_id: str | None = None
+    principals: tuple[str, ...] = ()
+    exclude_ids: tuple[str, ...] = ()
+    doc_ids: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as logged: what happened, when, and the vector it contributed."""
+
+    id: str
+    user_id: str
+    kind: str
+    weight: float
+    timestamp: datetime
+    item_id: str | None
+    text: str | None
+    session_id: str | None
+    model_id: str
+    vector: Vector = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    """One turn of a session, with its embedding so the session state can be refolded."""
+
+    id: str
+    user_id: str
+    session_id: str
+    role: str
+    text: str
+    timestamp: datetime
+    model_id: str
+    vector: Vector = field(compare=False, repr=False)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence and search. Implementations: `stores/lancedb.py` (embedded default)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def model_id(self) -> str: ...
+
+    # Chunks
+    def upsert_chunks(self, chunks: Sequence[Chunk]) -> int:
+        """Replace every chunk of the documents present in `chunks`, atomically per call:
+        re-ingesting a document that now has fewer chunks leaves none of the old ones."""
+        ...
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> int: ...
+
+    def get_chunks(self, ids: Sequence[str], *, user_id: str | None = None) -> list[Chunk]:
+        """Chunks by id, with vectors; owned chunks only for their owner."""
+        ...
+
+    def count_chunks(self) -> int: ...
+
+    def document_ids(self) -> list[str]: ...
+
+    # Search
+    def hybrid_search(
+        self, text: str, vector: Vector, *, k: int, alpha: float, where: SearchFilter
+    ) -> list[Hit]:
+        """Top `k` by relative-score fusion: each leg min-max normalised over its own
+        top `k`, then `alpha·vector + (1-alpha)·bm25` (Weaviate's `relativeScoreFusion`)."""
+        ...
+
+    def vector_search(self, vector: Vector, *, k: int, where: SearchFilter) -> list[Hit]: ...
+
+    def keyword_search(self, text: str, *, k: int, where: SearchFilter) -> list[Hit]: ...
+
+    # User-owned logs
+    def append_events(self, events: Sequence[StoredEvent]) -> None: ...
+
+    def read_events(self, user_id: str) -> list[StoredEvent]: ...
+
+    def append_turns(self, turns: Sequence[StoredTurn]) -> None: ...
+
+    def read_turns(self, user_id: str, session_id: str) -> list[StoredTurn]: ...
+
+    def known_users(self) -> list[str]: ...
+
+    def delete_user(self, user_id: str) -> Mapping[str, int]:
+        """Delete every record the user owns; returns counts per kind. Idempotent."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,603 @@
+"""The embedded default store: LanceDB tables in a directory, no server.
+
+Tables: `chunks` (shared and user-owned chunks, BM25 index on `text`), `events` and
+`turns` (user-owned logs), `meta` (the embedding model the store was built with).
+
+Hybrid search runs the two legs (LanceDB full-text search and exact cosine search,
+both with the visibility filter as a *pre*filter) and fuses them here with relative
+score fusion. LanceDB's own hybrid query does fusion too, but returns only the fused
+relevance; pertinent needs each leg's raw score for the `ScoreBreakdown` and the same
+fusion as Weaviate's `relativeScoreFusion`, so that both backends rank alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pertinent.errors import (
+    DimensionMismatch,
+    EmbeddingModelMismatch,
+    MissingDependency,
+    StoreCorrupted,
+    StoreError,
+    StoreNotWritable,
+    StoreUnavailable,
+)
+from pertinent.stores.base import SearchFilter, StoredEvent, StoredTurn
+from pertinent.types import Chunk, Hit, Vector
+
+__all__ = ["LanceDBStore", "sql_literal"]
+
+_SCHEMA_VERSION = "1"
+_FTS_REFRESH_ROWS = 2000
+
+
+def sql_literal(value: str) -> str:
+    """Quote a string for a LanceDB (DataFusion SQL) filter.
+
+    Every id in a filter comes from callers (user ids, doc ids); doubling quotes is the
+    SQL standard escape and DataFusion treats backslashes literally, so this is complete.
+    """
+    if "\x00" in value:
+        # NUL cannot be stored in a filter string; no legitimate id carries it.
+        raise StoreError("ids may not contain NUL characters")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _in_list(values: Sequence[str]) -> str:
+    return "(" + ", ".join(sql_literal(v) for v in values) + ")"
+
+
+def _owner_clause(user_id: str | None) -> str:
+    if user_id is None:
+        return "owner = ''"
+    return f"(owner = '' OR owner = {sql_literal(user_id)})"
+
+
+def _visibility(where: SearchFilter) -> str:
+    owner = _owner_clause(where.user_id)
+    if where.principals:
+        acl = (
+            "(array_length(acl) = 0 OR array_has_any(acl, ["
+            + ", ".join(sql_literal(p) for p in where.principals)
+            + "]))"
+        )
+    else:
+        acl = "array_length(acl) = 0"
+    parts = [owner, acl]
+    if where.exclude_ids:
+        parts.append(f"id NOT IN {_in_list(where.exclude_ids)}")
+    if where.doc_ids is not None:
+        parts.append(f"doc_id IN {_in_list(where.doc_ids)}" if where.doc_ids else "false")
+    return " AND ".join(parts)
+
+
+def _minmax(values: Sequence[float]) -> list[float]:
+    if not values:
+        return []
+    lo, hi = min(values), max(values)
+    if hi - lo <= 1e-12:
+        return [1.0 for _ in values]
+    return [(v - lo) / (hi - lo) for v in values]
+
+
+class LanceDBStore:
+    """Chunks, events and session turns in LanceDB tables under `path`.
+
+    Writes by several processes are safe (LanceDB commits are optimistic and appends
+    never conflict); `read_consistency` makes each read see the latest commit of other
+    processes (0 s = always, at the cost of a version check per query).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        model_id: str,
+        dim: int,
+        read_consistency: timedelta | None = timedelta(0),
+    ) -> None:
+        try:
+            import lancedb
+            import pyarrow as pa
+        except ImportError as exc:
+            raise MissingDependency("lancedb", "local") from exc
+        self._pa = pa
+        self.path = Path(path).expanduser()
+        self._dim = dim
+        self._model_id = model_id
+        self._lock = threading.RLock()
+        self._unindexed = 0
+        self._check_writable()
+        with self._errors("open"):
+            self._db = lancedb.connect(str(self.path), read_consistency_interval=read_consistency)
+            existing = set(self._db.list_tables().tables)
+        self._check_meta(existing)
+        self._chunks = self._open_or_create("chunks", self._chunk_schema(), existing)
+        self._events = self._open_or_create("events", self._event_schema(), existing)
+        self._turns = self._open_or_create("turns", self._turn_schema(), existing)
+        self._has_fts = any(ix.index_type == "FTS" for ix in self._chunks.list_indices())
+
+    # ------------------------------------------------------------------ setup
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    def _check_writable(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreNotWritable(
+                f"Cannot create the store directory {self.path}: {exc.strerror}. "
+                "Pass a path you can write to."
+            ) from exc
+        if not self.path.is_dir():
+            raise StoreNotWritable(f"{self.path} exists and is not a directory.")
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise StoreNotWritable(
+                f"The store directory {self.path} is not writable by this process. "
+                "Fix its permissions or pass another path."
+            )
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Map LanceDB/Arrow/OS failures to the pertinent error tree, in one place."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except PermissionError as exc:
+            raise StoreNotWritable(
+                f"LanceDB store at {self.path}: permission denied during {what}: {exc}. "
+                "Fix the directory's permissions."
+            ) from exc
+        except FileNotFoundError as exc:
+            raise StoreUnavailable(
+                f"LanceDB store at {self.path} vanished during {what}: {exc}. "
+                "Check that the directory (or its mount) still exists."
+            ) from exc
+        except (OSError, RuntimeError, ValueError, self._pa.ArrowException) as exc:
+            msg = str(exc)
+            if "ermission denied" in msg or "Read-only file system" in msg:
+                raise StoreNotWritable(
+                    f"LanceDB store at {self.path} cannot be written ({what}): {msg}"
+                ) from exc
+            raise StoreCorrupted(
+                f"LanceDB store at {self.path} failed during {what}: {msg}. If its files were "
+                "damaged, restore them from a backup or rebuild the store by re-ingesting into "
+                "a new directory (events can be exported with `pertinent export`)."
+            ) from exc
+
+    def _check_meta(self, existing: set[str]) -> None:
+        with self._errors("reading meta"):
+            if "meta" not in existing:
+                if existing & {"chunks", "events", "turns"}:
+                    raise StoreCorrupted(
+                        f"{self.path} holds pertinent tables but no 'meta' table; the store is "
+                        "damaged or was written by something else. Use a new directory."
+                    )
+                self._db.create_table(
+                    "meta",
+                    data=[
+                        {"key": "model_id", "value": self._model_id},
+                        {"key": "dim", "value": str(self._dim)},
+                        {"key": "schema_version", "value": _SCHEMA_VERSION},
+                    ],
+                )
+                return
+            rows = self._db.open_table("meta").to_arrow().to_pylist()
+        meta = {r["key"]: r["value"] for r in rows}
+        if meta.get("model_id") != self._model_id or meta.get("dim") != str(self._dim):
+            raise EmbeddingModelMismatch(
+                f"The store at {self.path} was built with embedding model "
+                f"{meta.get('model_id')!r} (dim {meta.get('dim')}), not {self._model_id!r} "
+                f"(dim {self._dim}). Open it with the same model, or ingest into a new "
+                "directory with the new model."
+            )
+
+    def _open_or_create(self, name: str, schema: Any, existing: set[str]) -> Any:
+        with self._errors(f"opening table {name}"):
+            if name in existing:
+                table = self._db.open_table(name)
+                if table.schema != schema:
+                    raise StoreCorrupted(
+                        f"Table {name!r} in {self.path} has an unexpected schema; it was written "
+                        "by another version of pertinent or damaged. Use a new directory."
+                    )
+                return table
+            table = self._db.create_table(name, schema=schema)
+            if name in ("events", "turns"):
+                table.create_scalar_index("user_id", index_type="BTREE")
+            return table
+
+    def _vector_field(self) -> Any:
+        pa = self._pa
+        return pa.field("vector", pa.list_(pa.float32(), self._dim))
+
+    def _chunk_schema(self) -> Any:
+        pa = self._pa
+        return pa.schema(
+            [
+                pa.field("id", pa.string()),
+                pa.field("doc_id", pa.string()),
+                pa.field("owner", pa.string()),
+                pa.field("position", pa.int32()),
+                pa.field("text", pa.string()),
+                pa.field("title", pa.string()),
+                pa.field("source", pa.string()),
+                pa.field("metadata", pa.string()),
+                pa.field("acl", pa.list_(pa.string())),
+                pa.field("model_id", pa.string()),
+                self._vector_field(),
+            ]
+        )
+
+    def _event_schema(self) -> Any:
+        pa = self._pa
+        return pa.schema(
+            [
+                pa.field("id", pa.string()),
+                pa.field("user_id", pa.string()),
+                pa.field("kind", pa.string()),
+                pa.field("weight", pa.float64()),
+                pa.field("ts", pa.timestamp("us", tz="UTC")),
+                pa.field("item_id", pa.string()),
+                pa.field("text", pa.string()),
+                pa.field("session_id", pa.string()),
+                pa.field("model_id", pa.string()),
+                self._vector_field(),
+            ]
+        )
+
+    def _turn_schema(self) -> Any:
+        pa = self._pa
+        return pa.schema(
+            [
+                pa.field("id", pa.string()),
+                pa.field("user_id", pa.string()),
+                pa.field("session_id", pa.string()),
+                pa.field("role", pa.string()),
+                pa.field("text", pa.string()),
+                pa.field("ts", pa.timestamp("us", tz="UTC")),
+                pa.field("model_id", pa.string()),
+                self._vector_field(),
+            ]
+        )
+
+    def _check_vectors(self, vectors: np.ndarray, what: str) -> None:
+        if vectors.ndim != 2 or vectors.shape[1] != self._dim:
+            raise DimensionMismatch(
+                f"{what}: vectors have shape {vectors.shape}, the store's dimension is {self._dim}."
+            )
+        if not np.all(np.isfinite(vectors)):
+            raise DimensionMismatch(f"{what}: vectors contain NaN or infinity.")
+
+    # ------------------------------------------------------------------ chunks
+
+    def upsert_chunks(self, chunks: Sequence[Chunk]) -> int:
+        if not chunks:
+            return 0
+        vectors = np.stack([np.asarray(c.vector, dtype=np.float32) for c in chunks])
+        self._check_vectors(vectors, "upsert_chunks")
+        for c in chunks:
+            if c.model_id != self._model_id:
+                raise EmbeddingModelMismatch(
+                    f"Chunk {c.id!r} was embedded with {c.model_id!r}; this store holds "
+                    f"{self._model_id!r} vectors."
+                )
+        pa = self._pa
+        table = pa.table(
+            {
+                "id": [c.id for c in chunks],
+                "doc_id": [c.doc_id for c in chunks],
+                "owner": [c.owner or "" for c in chunks],
+                "position": pa.array([c.position for c in chunks], pa.int32()),
+                "text": [c.text for c in chunks],
+                "title": [c.title for c in chunks],
+                "source": [c.source for c in chunks],
+                "metadata": [json.dumps(dict(c.metadata), sort_keys=True) for c in chunks],
+                "acl": pa.array([list(c.acl) for c in chunks], pa.list_(pa.string())),
+                "model_id": [c.model_id for c in chunks],
+                "vector": pa.FixedSizeListArray.from_arrays(
+                    pa.array(vectors.reshape(-1), pa.float32()), self._dim
+                ),
+            },
+            schema=self._chunk_schema(),
+        )
+        doc_ids = sorted({c.doc_id for c in chunks})
+        with self._lock, self._errors("upsert"):
+            # One commit: insert/replace the new chunks and delete the documents' chunks
+            # that are no longer produced, so a crash never leaves half a document.
+            (
+                self._chunks.merge_insert("id")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .when_not_matched_by_source_delete(f"doc_id IN {_in_list(doc_ids)}")
+                .execute(table)
+            )
+            self._unindexed += len(chunks)
+            self._refresh_fts(force=not self._has_fts)
+        return len(chunks)
+
+    def _refresh_fts(self, *, force: bool = False) -> None:
+        """Keep the BM25 index current. Unindexed rows are still searched (by a flat scan
+        LanceDB runs beside the index), so refreshing is about speed, not correctness."""
+        if not self._has_fts:
+            from lancedb.index import FTS
+
+            self._chunks.create_index("text", config=FTS(with_position=False), replace=True)
+            self._chunks.create_scalar_index("doc_id", index_type="BTREE")
+            self._has_fts = True
+            self._unindexed = 0
+        elif force or self._unindexed >= _FTS_REFRESH_ROWS:
+            self._chunks.optimize()
+            self._unindexed = 0
+
+    def optimize(self) -> None:
+        """Fold new rows into the indexes and compact small files (safe to call any time)."""
+        with self._lock, self._errors("optimize"):
+            for table in (self._chunks, self._events, self._turns):
+                table.optimize()
+            self._unindexed = 0
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> int:
+        if not doc_ids:
+            return 0
+        where = f"doc_id IN {_in_list(list(doc_ids))}"
+        with self._lock, self._errors("delete"):
+            n = int(self._chunks.count_rows(where))
+            if n:
+                self._chunks.delete(where)
+        return n
+
+    def get_chunks(self, ids: Sequence[str], *, user_id: str | None = None) -> list[Chunk]:
+        if not ids:
+            return []
+        # ACLs are not checked here: this serves events that name an item the caller
+        # already saw. Ownership is, so one user's private chunks never feed another.
+        where = f"id IN {_in_list(list(ids))} AND {_owner_clause(user_id)}"
+        with self._errors("get_chunks"):
+            rows = self._chunks.search().where(where).limit(len(ids)).to_arrow().to_pylist()
+        by_id = {r["id"]: self._row_to_chunk(r) for r in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def count_chunks(self) -> int:
+        with self._errors("count"):
+            return int(self._chunks.count_rows())
+
+    def document_ids(self) -> list[str]:
+        with self._errors("list documents"):
+            col = self._chunks.search().select(["doc_id"]).limit(None).to_arrow()["doc_id"]
+        return sorted(set(col.to_pylist()))
+
+    def _row_to_chunk(self, r: Mapping[str, Any]) -> Chunk:
+        return Chunk(
+            id=r["id"],
+            doc_id=r["doc_id"],
+            text=r["text"],
+            position=int(r["position"]),
+            metadata=json.loads(r["metadata"]) if r["metadata"] else {},
+            acl=tuple(r["acl"] or ()),
+            owner=r["owner"] or None,
+            source=r["source"],
+            title=r["title"],
+            model_id=r["model_id"],
+            vector=np.asarray(r["vector"], dtype=np.float32),
+        )
+
+    # ------------------------------------------------------------------ search
+
+    def _check_query_vector(self, vector: Vector) -> Vector:
+        arr = np.asarray(vector, dtype=np.float32)
+        if arr.shape != (self._dim,):
+            raise DimensionMismatch(
+                f"Query vector has shape {arr.shape}; the store's dimension is {self._dim}."
+            )
+        return arr
+
+    def vector_search(self, vector: Vector, *, k: int, where: SearchFilter) -> list[Hit]:
+        q = self._check_query_vector(vector)
+        with self._errors("vector search"):
+            rows = (
+                self._chunks.search(q, vector_column_name="vector")
+                .distance_type("cosine")
+                .where(_visibility(where), prefilter=True)
+                .limit(k)
+                .to_arrow()
+                .to_pylist()
+            )
+        hits = []
+        for r in rows:
+            chunk = self._row_to_chunk(r)
+            assert chunk.vector is not None
+            hits.append(Hit(chunk=chunk, vector_cosine=float(chunk.vector @ q)))
+        return hits
+
+    def keyword_search(self, text: str, *, k: int, where: SearchFilter) -> list[Hit]:
+        if not self._has_fts or not text.strip():
+            return []
+        with self._errors("keyword search"):
+            rows = (
+                self._chunks.search(text, query_type="fts", fts_columns="text")
+                .where(_visibility(where), prefilter=True)
+                .limit(k)
+                .to_arrow()
+                .to_pylist()
+            )
+        return [Hit(chunk=self._row_to_chunk(r), bm25=float(r["_score"])) for r in rows]
+
+    def hybrid_search(
+        self, text: str, vector: Vector, *, k: int, alpha: float, where: SearchFilter
+    ) -> list[Hit]:
+        q = self._check_query_vector(vector)
+        dense = self.vector_search(q, k=k, where=where) if alpha > 0 else []
+        sparse = self.keyword_search(text, k=k, where=where) if alpha < 1 else []
+        vec_norm = dict(zip([h.id for h in dense], _minmax([h.vector_cosine or 0.0 for h in dense])))
+        bm_norm = dict(zip([h.id for h in sparse], _minmax([h.bm25 or 0.0 for h in sparse])))
+        merged: dict[str, Hit] = {}
+        for h in dense:
+            merged[h.id] = h
+        for h in sparse:
+            if h.id in merged:
+                merged[h.id] = Hit(chunk=merged[h.id].chunk, bm25=h.bm25, vector_cosine=merged[h.id].vector_cosine)
+            else:
+                assert h.chunk.vector is not None
+                merged[h.id] = Hit(chunk=h.chunk, bm25=h.bm25, vector_cosine=float(h.chunk.vector @ q))
+        fused = [
+            Hit(
+                chunk=h.chunk,
+                bm25=h.bm25,
+                vector_cosine=h.vector_cosine,
+                hybrid=alpha * vec_norm.get(i, 0.0) + (1 - alpha) * bm_norm.get(i, 0.0),
+            )
+            for i, h in merged.items()
+        ]
+        fused.sort(key=lambda h: (-h.hybrid, h.id))
+        return fused[:k]
+
+    # ------------------------------------------------------------------ user logs
+
+    def append_events(self, events: Sequence[StoredEvent]) -> None:
+        if not events:
+            return
+        vectors = np.stack([np.asarray(e.vector, dtype=np.float32) for e in events])
+        self._check_vectors(vectors, "append_events")
+        pa = self._pa
+        table = pa.table(
+            {
+                "id": [e.id for e in events],
+                "user_id": [e.user_id for e in events],
+                "kind": [e.kind for e in events],
+                "weight": pa.array([e.weight for e in events], pa.float64()),
+                "ts": pa.array([e.timestamp.astimezone(timezone.utc) for e in events],
+                               pa.timestamp("us", tz="UTC")),
+                "item_id": [e.item_id for e in events],
+                "text": [e.text for e in events],
+                "session_id": [e.session_id for e in events],
+                "model_id": [e.model_id for e in events],
+                "vector": pa.FixedSizeListArray.from_arrays(
+                    pa.array(vectors.reshape(-1), pa.float32()), self._dim
+                ),
+            },
+            schema=self._event_schema(),
+        )
+        with self._errors("append events"):
+            self._events.add(table)
+
+    def read_events(self, user_id: str) -> list[StoredEvent]:
+        with self._errors("read events"):
+            rows = (
+                self._events.search()
+                .where(f"user_id = {sql_literal(user_id)}")
+                .limit(None)
+                .to_arrow()
+                .to_pylist()
+            )
+        out = [
+            StoredEvent(
+                id=r["id"],
+                user_id=r["user_id"],
+                kind=r["kind"],
+                weight=float(r["weight"]),
+                timestamp=r["ts"],
+                item_id=r["item_id"],
+                text=r["text"],
+                session_id=r["session_id"],
+                model_id=r["model_id"],
+                vector=np.asarray(r["vector"], dtype=np.float32),
+            )
+            for r in rows
+        ]
+        out.sort(key=lambda e: (e.timestamp, e.id))
+        return out
+
+    def append_turns(self, turns: Sequence[StoredTurn]) -> None:
+        if not turns:
+            return
+        vectors = np.stack([np.asarray(t.vector, dtype=np.float32) for t in turns])
+        self._check_vectors(vectors, "append_turns")
+        pa = self._pa
+        table = pa.table(
+            {
+                "id": [t.id for t in turns],
+                "user_id": [t.user_id for t in turns],
+                "session_id": [t.session_id for t in turns],
+                "role": [t.role for t in turns],
+                "text": [t.text for t in turns],
+                "ts": pa.array([t.timestamp.astimezone(timezone.utc) for t in turns],
+                               pa.timestamp("us", tz="UTC")),
+                "model_id": [t.model_id for t in turns],
+                "vector": pa.FixedSizeListArray.from_arrays(
+                    pa.array(vectors.reshape(-1), pa.float32()), self._dim
+                ),
+            },
+            schema=self._turn_schema(),
+        )
+        with self._errors("append turns"):
+            self._turns.add(table)
+
+    def read_turns(self, user_id: str, session_id: str) -> list[StoredTurn]:
+        where = f"user_id = {sql_literal(user_id)} AND session_id = {sql_literal(session_id)}"
+        with self._errors("read turns"):
+            rows = self._turns.search().where(where).limit(None).to_arrow().to_pylist()
+        out = [
+            StoredTurn(
+                id=r["id"],
+                user_id=r["user_id"],
+                session_id=r["session_id"],
+                role=r["role"],
+                text=r["text"],
+                timestamp=r["ts"],
+                model_id=r["model_id"],
+                vector=np.asarray(r["vector"], dtype=np.float32),
+            )
+            for r in rows
+        ]
+        out.sort(key=lambda t: (t.timestamp, t.id))
+        return out
+
+    def known_users(self) -> list[str]:
+        with self._errors("list users"):
+            users = set(
+                self._events.search().select(["user_id"]).limit(None).to_arrow()["user_id"].to_pylist()
+            )
+            users |= set(
+                self._turns.search().select(["user_id"]).limit(None).to_arrow()["user_id"].to_pylist()
+            )
+        return sorted(users)
+
+    def delete_user(self, user_id: str) -> Mapping[str, int]:
+        """Delete the user's rows, then compact and drop old table versions so LanceDB's
+        time travel cannot bring a forgotten user back."""
+        lit = sql_literal(user_id)
+        counts: dict[str, int] = {}
+        with self._lock, self._errors("forget user"):
+            for name, table, where in (
+                ("events", self._events, f"user_id = {lit}"),
+                ("turns", self._turns, f"user_id = {lit}"),
+                ("owned_chunks", self._chunks, f"owner = {lit}"),
+            ):
+                n = int(table.count_rows(where))
+                if n:
+                    table.delete(where)
+                    table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+                counts[name] = n
+        return counts
+
+    def close(self) -> None:
+        # LanceDB holds no server connection; dropping references releases file handles.
+        self._db = None
