@@ -27,9 +27,9 @@ class ScoringWeights(BaseModel):
     model_config = {"frozen": True}
 
     hybrid: float = Field(1.0, ge=0)
-    user: float = Field(0.5, ge=0)
-    session: float = Field(0.3, ge=0)
-    negative: float = Field(0.5, ge=0, description="share of the negative affinity subtracted")
+    user: float = Field(1.0, ge=0)
+    session: float = Field(0.5, ge=0)
+    negative: float = Field(1.0, ge=0, description="share of the negative affinity subtracted")
     rerank: float = Field(0.5, ge=0, le=1, description="share of the cross-encoder in the final")
 
     @model_validator(mode="after")
@@ -92,14 +92,14 @@ class Settings(BaseSettings):
     weights: ScoringWeights = ScoringWeights()
     event_weights: EventWeights = EventWeights()
     half_life_days: float = Field(30.0, gt=0)
-    confidence_n0: float = Field(5.0, gt=0, description="event mass at which the user gate is 0.5")
+    confidence_n0: float = Field(3.0, gt=0, description="event mass at which the user gate is 0.5")
     session_half_life_turns: float = Field(3.0, gt=0)
     session_n0: float = Field(1.0, gt=0)
     interests: int = Field(1, ge=1, le=16, description="user interest centroids (1 = a single profile)")
     interest_threshold: float = Field(0.35, ge=-1, le=1)
 
     # Diversity
-    mmr_lambda: float = Field(0.8, ge=0, le=1, description="1 = no diversity, 0 = only diversity")
+    mmr_lambda: float = Field(0.9, ge=0, le=1, description="1 = no diversity, 0 = only diversity")
 
     # Packing
     budget_model: str = "gpt-4o"

@@ -97,6 +97,17 @@ def _resolve_model_path(name: str) -> Path:
     return path
 
 
+def _quiet_transformers() -> None:
+    """transformers prints a weight-loading progress bar per model load; in an agent's
+    log that is noise. Only its progress bars are turned off, not its warnings."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a sentence-transformers dep
+        pass
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model read from disk, on the CPU unless told otherwise.
 
@@ -125,9 +136,13 @@ class SentenceTransformerEmbedder:
         # Belt and braces: with the path local, these make any accidental hub call fail fast.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        _quiet_transformers()
         self._model = SentenceTransformer(str(path), device=device, local_files_only=True)
         self._name = model if model == BUNDLED_MODEL else path.name
-        dim = self._model.get_sentence_embedding_dimension()
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or getattr(
+            self._model, "get_sentence_embedding_dimension"
+        )
+        dim = get_dim()
         if dim is None:
             raise ConfigurationError(f"Model at {path} does not report an embedding dimension.")
         self._dim = int(dim)
@@ -163,6 +178,10 @@ class SentenceTransformerEmbedder:
             show_progress_bar=self._show_progress,
         )
         return np.asarray(out, dtype=np.float32)
+
+    def warmup(self) -> None:
+        """Run one encode so the first user query does not pay torch's start-up (~0.5 s)."""
+        self._model.encode(["warm up"], show_progress_bar=False)
 
     def embed_query(self, text: str) -> Vector:
         if not text or not text.strip():

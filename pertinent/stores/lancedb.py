@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta, timezone
@@ -39,6 +40,9 @@ __all__ = ["LanceDBStore", "sql_literal"]
 
 _SCHEMA_VERSION = "1"
 _FTS_REFRESH_ROWS = 2000
+# Every small append is a new data file and a new table version; reads slow down with
+# thousands of them, so the logs are compacted after this many appends.
+_COMPACT_EVERY_APPENDS = 200
 
 
 def sql_literal(value: str) -> str:
@@ -117,6 +121,7 @@ class LanceDBStore:
         self._model_id = model_id
         self._lock = threading.RLock()
         self._unindexed = 0
+        self._appends: dict[str, int] = {}
         self._check_writable()
         with self._errors("open"):
             self._db = lancedb.connect(str(self.path), read_consistency_interval=read_consistency)
@@ -221,7 +226,9 @@ class LanceDBStore:
                 return table
             table = self._db.create_table(name, schema=schema)
             if name in ("events", "turns"):
-                table.create_scalar_index("user_id", index_type="BTREE")
+                from lancedb.index import BTree
+
+                table.create_index("user_id", config=BTree())
             return table
 
     def _vector_field(self) -> Any:
@@ -337,10 +344,10 @@ class LanceDBStore:
         """Keep the BM25 index current. Unindexed rows are still searched (by a flat scan
         LanceDB runs beside the index), so refreshing is about speed, not correctness."""
         if not self._has_fts:
-            from lancedb.index import FTS
+            from lancedb.index import FTS, BTree
 
             self._chunks.create_index("text", config=FTS(with_position=False), replace=True)
-            self._chunks.create_scalar_index("doc_id", index_type="BTREE")
+            self._chunks.create_index("doc_id", config=BTree(), replace=True)
             self._has_fts = True
             self._unindexed = 0
         elif force or self._unindexed >= _FTS_REFRESH_ROWS:
@@ -497,6 +504,7 @@ class LanceDBStore:
         )
         with self._errors("append events"):
             self._events.add(table)
+            self._after_append("events", self._events)
 
     def read_events(self, user_id: str) -> list[StoredEvent]:
         with self._errors("read events"):
@@ -549,6 +557,14 @@ class LanceDBStore:
         )
         with self._errors("append turns"):
             self._turns.add(table)
+            self._after_append("turns", self._turns)
+
+    def _after_append(self, name: str, table: Any) -> None:
+        with self._lock:
+            n = self._appends.get(name, 0) + 1
+            self._appends[name] = n
+        if n % _COMPACT_EVERY_APPENDS == 0:
+            table.optimize()
 
     def read_turns(self, user_id: str, session_id: str) -> list[StoredTurn]:
         where = f"user_id = {sql_literal(user_id)} AND session_id = {sql_literal(session_id)}"
@@ -594,7 +610,11 @@ class LanceDBStore:
                 n = int(table.count_rows(where))
                 if n:
                     table.delete(where)
-                    table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+                    with warnings.catch_warnings():
+                        # LanceDB warns that readers of old versions will fail: intended,
+                        # no version may keep the forgotten user's rows.
+                        warnings.simplefilter("ignore", UserWarning)
+                        table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
                 counts[name] = n
         return counts
 

@@ -1,0 +1,134 @@
+"""The `pertinent` command: demo, ingest, ask, forget.
+
+argparse rather than click/typer: four subcommands do not justify a dependency, and
+the CLI must start fast (model loading is deferred until a command needs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from pertinent.errors import PertinentError
+
+__all__ = ["main"]
+
+DEFAULT_DATA = "./pertinent-data"
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import pertinent
+
+    with pertinent.open(args.data) as px:
+        paths = [Path(p) for p in args.paths]
+        for p in paths:
+            if not p.exists():
+                raise pertinent.DocumentLoadError(f"{p} does not exist; pass a file or directory.")
+        report = px.ingest(paths, acl=args.acl or (), owner=args.owner)
+        print(f"ingested {report.documents} documents as {report.chunks} chunks into {args.data}")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    import pertinent
+
+    with pertinent.open(args.data) as px:
+        ctx = px.retrieve(
+            args.query, user_id=args.user, session_id=args.session,
+            principals=args.principal or (),
+            budget=pertinent.Budget(model=args.model, max_tokens=args.max_tokens),
+            remember=not args.no_remember,
+        )
+        for r in ctx.results[: args.top]:
+            print(f"#{r.rank} {r.id}  {r.explain}")
+        print(f"\n--- packed context: {ctx.token_count}/{ctx.budget.max_tokens} tokens "
+              f"({ctx.tokenizer}) ---")
+        print(ctx.text)
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    import pertinent
+
+    with pertinent.open(args.data) as px:
+        receipt = px.forget_user(args.user)
+    print(f"forgot user {receipt.user_id!r} at {receipt.at.isoformat()}:")
+    for kind, n in receipt.deleted.items():
+        print(f"  {kind}: {n}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pertinent.demo import run_demo
+
+    return run_demo(
+        data=Path(args.data), root=Path(args.root) if args.root else None, fresh=not args.keep
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pertinent",
+        description="Personalized retrieval for LLM agents (embedded LanceDB store).",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def data_arg(sp: argparse.ArgumentParser, default: str = DEFAULT_DATA) -> None:
+        sp.add_argument("--data", default=os.environ.get("PERTINENT_PATH", default),
+                        help=f"store directory (env PERTINENT_PATH, default {default})")
+
+    d = sub.add_parser("demo", help="two users, one question, different answers")
+    data_arg(d, "./pertinent-demo-data")
+    d.add_argument("--root", help="project root whose README.md and docs/ are ingested")
+    d.add_argument("--keep", action="store_true", help="reuse the demo store instead of a fresh one")
+    d.set_defaults(func=cmd_demo)
+
+    i = sub.add_parser("ingest", help="ingest files or directories (.md, .txt, .rst)")
+    data_arg(i)
+    i.add_argument("paths", nargs="+")
+    i.add_argument("--acl", action="append", help="principal allowed to read, e.g. role:support")
+    i.add_argument("--owner", help="make the documents private to this user id")
+    i.set_defaults(func=cmd_ingest)
+
+    a = sub.add_parser("ask", help="retrieve and pack context for a user")
+    data_arg(a)
+    a.add_argument("query")
+    a.add_argument("--user", help="user id (personalizes; unknown users get plain search)")
+    a.add_argument("--session", help="session id")
+    a.add_argument("--principal", action="append", help="caller's ACL principal, repeatable")
+    a.add_argument("--model", default="gpt-4o", help="model whose tokenizer counts the budget")
+    a.add_argument("--max-tokens", type=int, default=1500)
+    a.add_argument("--top", type=int, default=5, help="results to list")
+    a.add_argument("--no-remember", action="store_true",
+                   help="do not record the query in the user's history")
+    a.set_defaults(func=cmd_ask)
+
+    f = sub.add_parser("forget", help="delete everything a user owns")
+    data_arg(f)
+    f.add_argument("user")
+    f.set_defaults(func=cmd_forget)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("LANCEDB_LOG", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except PertinentError as exc:
+        width = min(100, shutil.get_terminal_size().columns)
+        print(textwrap.fill(f"pertinent: {type(exc).__name__}: {exc}", width), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

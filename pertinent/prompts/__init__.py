@@ -1,0 +1,1 @@
+"""Prompt assembly: counting tokens with the target model's tokenizer and packing a context."""

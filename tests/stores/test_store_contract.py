@@ -1,0 +1,223 @@
+"""The `Store` contract, run on every backend (Weaviate joins the parameter list when
+its in-process fake exists)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pertinent.embeddings import CachedQueryEmbedder
+from pertinent.errors import (
+    DimensionMismatch,
+    EmbeddingModelMismatch,
+    StoreCorrupted,
+    StoreNotWritable,
+)
+from pertinent.stores.base import SearchFilter, Store, StoredEvent, StoredTurn
+from pertinent.stores.lancedb import LanceDBStore
+from pertinent.types import Chunk
+
+StoreFactory = Callable[[Path], Store]
+
+
+def _lancedb(path: Path, model_id: str, dim: int) -> Store:
+    return LanceDBStore(path, model_id=model_id, dim=dim)
+
+
+@pytest.fixture(params=["lancedb"])
+def make_store(
+    request: pytest.FixtureRequest, embedder: CachedQueryEmbedder
+) -> Callable[[Path], Store]:
+    factories = {"lancedb": _lancedb}
+    factory = factories[request.param]
+    return lambda path: factory(path, embedder.model_id, embedder.dim)
+
+
+@pytest.fixture
+def store(tmp_path: Path, make_store: StoreFactory) -> Iterator[Store]:
+    s = make_store(tmp_path / "s")
+    yield s
+    s.close()
+
+
+def chunks_for(
+    embedder: CachedQueryEmbedder, doc_id: str, texts: list[str], **kw: object
+) -> list[Chunk]:
+    vecs = embedder.embed_documents(texts)
+    return [
+        Chunk(id=f"{doc_id}#{i}", doc_id=doc_id, text=t, position=i, model_id=embedder.model_id,
+              vector=vecs[i], **kw)  # type: ignore[arg-type]
+        for i, t in enumerate(texts)
+    ]
+
+
+def test_upsert_replaces_whole_document(store: Store, embedder: CachedQueryEmbedder) -> None:
+    store.upsert_chunks(chunks_for(embedder, "d", ["one alpha", "two beta", "three gamma"]))
+    store.upsert_chunks(chunks_for(embedder, "e", ["other doc"]))
+    assert store.count_chunks() == 4
+    store.upsert_chunks(chunks_for(embedder, "d", ["only delta now"]))
+    assert store.count_chunks() == 2
+    got = store.get_chunks(["d#0", "d#1", "e#0"])
+    assert [c.id for c in got] == ["d#0", "e#0"]
+    assert got[0].text == "only delta now"
+    assert got[0].vector is not None and got[0].vector.shape == (embedder.dim,)
+    assert store.document_ids() == ["d", "e"]
+
+
+def test_delete_documents(store: Store, embedder: CachedQueryEmbedder) -> None:
+    store.upsert_chunks(chunks_for(embedder, "d", ["a", "b"]) + chunks_for(embedder, "e", ["c"]))
+    assert store.delete_documents(["d", "missing"]) == 2
+    assert store.document_ids() == ["e"]
+    assert store.delete_documents([]) == 0
+
+
+def test_hybrid_search_fuses_both_legs(store: Store, embedder: CachedQueryEmbedder) -> None:
+    texts = ["rotate the API keys monthly", "bananas are yellow fruit",
+             "credential rotation policy for secrets", "zebra crossing rules"]
+    store.upsert_chunks(chunks_for(embedder, "d", texts))
+    q = embedder.embed_query("rotate API keys")
+    hits = store.hybrid_search("rotate API keys", q, k=4, alpha=0.5, where=SearchFilter())
+    assert hits[0].id == "d#0"
+    assert hits[0].hybrid == pytest.approx(1.0)
+    assert all(0.0 <= h.hybrid <= 1.0 for h in hits)
+    assert [h.hybrid for h in hits] == sorted((h.hybrid for h in hits), reverse=True)
+    for h in hits:
+        assert h.chunk.vector is not None
+        assert h.vector_cosine == pytest.approx(float(h.chunk.vector @ q), abs=1e-5)
+    # alpha=1 is pure vector order; alpha=0 only returns keyword matches
+    vec_only = store.hybrid_search("rotate API keys", q, k=4, alpha=1.0, where=SearchFilter())
+    cosines = [h.vector_cosine for h in vec_only]
+    assert cosines == sorted(cosines, reverse=True)  # type: ignore[type-var]
+    kw_only = store.hybrid_search("bananas", q, k=4, alpha=0.0, where=SearchFilter())
+    assert [h.id for h in kw_only] == ["d#1"]
+
+
+def test_visibility_owner_acl_exclude(store: Store, embedder: CachedQueryEmbedder) -> None:
+    store.upsert_chunks(
+        chunks_for(embedder, "public", ["shared handbook on keys"])
+        + chunks_for(embedder, "alice-note", ["alice private note on keys"], owner="alice")
+        + chunks_for(embedder, "admin", ["admin runbook on keys"], acl=("role:admin",))
+    )
+    q = embedder.embed_query("keys")
+
+    def ids(where: SearchFilter) -> set[str]:
+        return {h.id for h in store.hybrid_search("keys", q, k=10, alpha=0.5, where=where)}
+
+    assert ids(SearchFilter()) == {"public#0"}
+    assert ids(SearchFilter(user_id="alice")) == {"public#0", "alice-note#0"}
+    assert ids(SearchFilter(user_id="bob")) == {"public#0"}
+    assert ids(SearchFilter(user_id="bob", principals=("role:admin",))) == {"public#0", "admin#0"}
+    assert ids(SearchFilter(principals=("role:admin",), exclude_ids=("public#0",))) == {"admin#0"}
+    assert store.get_chunks(["alice-note#0"], user_id="bob") == []
+    assert [c.id for c in store.get_chunks(["alice-note#0"], user_id="alice")] == ["alice-note#0"]
+
+
+def test_persists_across_reopen(tmp_path: Path, make_store: StoreFactory,
+                                embedder: CachedQueryEmbedder) -> None:
+    s = make_store(tmp_path / "p")
+    s.upsert_chunks(chunks_for(embedder, "d", ["persisted text"]))
+    s.close()
+    s2 = make_store(tmp_path / "p")
+    assert s2.count_chunks() == 1
+    q = embedder.embed_query("persisted")
+    assert s2.hybrid_search("persisted", q, k=1, alpha=0.5, where=SearchFilter())[0].id == "d#0"
+
+
+def test_reopen_with_other_model_is_refused(tmp_path: Path, embedder: CachedQueryEmbedder) -> None:
+    LanceDBStore(tmp_path / "m", model_id=embedder.model_id, dim=embedder.dim).close()
+    with pytest.raises(EmbeddingModelMismatch, match="Open it with the same model"):
+        LanceDBStore(tmp_path / "m", model_id="other-model@768", dim=768)
+
+
+def test_wrong_dimension_is_refused(store: Store, embedder: CachedQueryEmbedder) -> None:
+    with pytest.raises(DimensionMismatch):
+        store.vector_search(np.ones(7, dtype=np.float32), k=3, where=SearchFilter())
+    bad = Chunk(id="x#0", doc_id="x", text="t", position=0, model_id=embedder.model_id,
+                vector=np.ones(7, dtype=np.float32))
+    with pytest.raises(DimensionMismatch):
+        store.upsert_chunks([bad])
+    assert store.count_chunks() == 0
+
+
+def _event(user: str, i: int, dim: int, when: datetime) -> StoredEvent:
+    v = np.zeros(dim, dtype=np.float32)
+    v[i % dim] = 1.0
+    return StoredEvent(id=f"{user}-{i}", user_id=user, kind="open", weight=1.0, timestamp=when,
+                       item_id=None, text=f"event {i}", session_id=None, model_id="m", vector=v)
+
+
+def test_event_log_and_delete_user(store: Store, embedder: CachedQueryEmbedder) -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    store.append_events([_event("alice", i, embedder.dim, t0 + timedelta(hours=i))
+                         for i in range(5)])
+    store.append_events([_event("bob", 1, embedder.dim, t0)])
+    store.append_turns([StoredTurn(id="t1", user_id="alice", session_id="s", role="user",
+                                   text="hi", timestamp=t0, model_id="m",
+                                   vector=np.ones(embedder.dim, dtype=np.float32))])
+    store.upsert_chunks(chunks_for(embedder, "note", ["alice note"], owner="alice"))
+    events = store.read_events("alice")
+    assert [e.id for e in events] == [f"alice-{i}" for i in range(5)]
+    assert events[0].timestamp == t0
+    assert np.array_equal(events[2].vector, _event("a", 2, embedder.dim, t0).vector)
+    assert [t.text for t in store.read_turns("alice", "s")] == ["hi"]
+    assert store.read_turns("alice", "other") == []
+    assert store.known_users() == ["alice", "bob"]
+
+    counts = store.delete_user("alice")
+    assert dict(counts) == {"events": 5, "turns": 1, "owned_chunks": 1}
+    assert store.read_events("alice") == []
+    assert [e.id for e in store.read_events("bob")] == ["bob-1"]
+    assert dict(store.delete_user("alice")) == {"events": 0, "turns": 0, "owned_chunks": 0}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(user=st.text(min_size=1, max_size=30).filter(lambda s: "\x00" not in s))
+def test_hostile_user_ids_only_reach_their_own_rows(store: Store, embedder: CachedQueryEmbedder,
+                                                   user: str) -> None:
+    """Ids are spliced into SQL filters: quotes and SQL fragments must stay literal."""
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    store.append_events([_event("victim", 0, embedder.dim, t0)])
+    store.append_events([_event(user, 1, embedder.dim, t0)])
+    assert {e.user_id for e in store.read_events(user)} == {user}
+    if user != "victim":
+        assert all(e.user_id == "victim" for e in store.read_events("victim"))
+        store.delete_user(user)
+        assert len(store.read_events("victim")) >= 1
+    store.delete_user("victim")
+    store.delete_user(user)
+
+
+def test_not_writable_directory(tmp_path: Path, embedder: CachedQueryEmbedder) -> None:
+    if os.geteuid() == 0:
+        # root ignores permission bits; a file in place of the directory is refused for all
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        with pytest.raises(StoreNotWritable, match="not a directory|Cannot create"):
+            LanceDBStore(blocker / "store", model_id=embedder.model_id, dim=embedder.dim)
+        return
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    with pytest.raises(StoreNotWritable):
+        LanceDBStore(ro / "store", model_id=embedder.model_id, dim=embedder.dim)
+
+
+def test_corrupted_store_is_reported(tmp_path: Path, embedder: CachedQueryEmbedder) -> None:
+    path = tmp_path / "c"
+    s = LanceDBStore(path, model_id=embedder.model_id, dim=embedder.dim)
+    s.upsert_chunks(chunks_for(embedder, "d", ["some text"]))
+    s.close()
+    for manifest in (path / "meta.lance" / "_versions").iterdir():
+        manifest.write_bytes(b"garbage")
+    with pytest.raises(StoreCorrupted, match="restore them from a backup"):
+        LanceDBStore(path, model_id=embedder.model_id, dim=embedder.dim)
+    # the chunk data itself was not touched by the failed open
+    assert any((path / "chunks.lance" / "data").iterdir())
