@@ -180,14 +180,12 @@ class TiktokenTokenizer:
         return len(self._encode(text))
 
     def truncate(self, text: str, max_tokens: int) -> str:
-        if max_tokens <= 0:
-            return ""
         tokens = self._encode(text)
         if len(tokens) <= max_tokens:
             return text
         byte_ends = list(
             accumulate(
-                len(self._encoding.decode_single_token_bytes(t)) for t in tokens[:max_tokens]
+                len(self._encoding.decode_single_token_bytes(t)) for t in tokens[: max(max_tokens, 0)]
             )
         )
 
@@ -247,11 +245,9 @@ class HFTokenizer:
         return len(self._encode(text).ids)
 
     def truncate(self, text: str, max_tokens: int) -> str:
-        if max_tokens <= 0:
-            return ""
         offsets: Sequence[tuple[int, int]] = self._encode(text).offsets
         if len(offsets) <= max_tokens:
-            return text
+            return text  # also white space alone, which has no tokens here
 
         def char_end_of_first(k: int) -> int:
             return max(end for _, end in offsets[:k])

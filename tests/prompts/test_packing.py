@@ -367,7 +367,7 @@ class JoinPenaltyTokenizer:
 
 def _tightest_budget(fits: Callable[[Budget], bool]) -> Budget:
     """The smallest budget at which plain o200k packing keeps everything."""
-    for n in range(1, 1000):
+    for n in range(10, 1000):
         if fits(Budget("gpt-4o", n)):
             return Budget("gpt-4o", n)
     raise AssertionError("nothing fits in 1000 tokens")
