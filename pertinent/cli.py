@@ -39,15 +39,19 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     with pertinent.open(args.data) as px:
         ctx = px.retrieve(
-            args.query, user_id=args.user, session_id=args.session,
+            args.query,
+            user_id=args.user,
+            session_id=args.session,
             principals=args.principal or (),
             budget=pertinent.Budget(model=args.model, max_tokens=args.max_tokens),
             remember=not args.no_remember,
         )
         for r in ctx.results[: args.top]:
             print(f"#{r.rank} {r.id}  {r.explain}")
-        print(f"\n--- packed context: {ctx.token_count}/{ctx.budget.max_tokens} tokens "
-              f"({ctx.tokenizer}) ---")
+        print(
+            f"\n--- packed context: {ctx.token_count}/{ctx.budget.max_tokens} tokens "
+            f"({ctx.tokenizer}) ---"
+        )
         print(ctx.text)
     return 0
 
@@ -79,13 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def data_arg(sp: argparse.ArgumentParser, default: str = DEFAULT_DATA) -> None:
-        sp.add_argument("--data", default=os.environ.get("PERTINENT_PATH", default),
-                        help=f"store directory (env PERTINENT_PATH, default {default})")
+        sp.add_argument(
+            "--data",
+            default=os.environ.get("PERTINENT_PATH", default),
+            help=f"store directory (env PERTINENT_PATH, default {default})",
+        )
 
     d = sub.add_parser("demo", help="two users, one question, different answers")
     data_arg(d, "./pertinent-demo-data")
     d.add_argument("--root", help="project root whose README.md and docs/ are ingested")
-    d.add_argument("--keep", action="store_true", help="reuse the demo store instead of a fresh one")
+    d.add_argument(
+        "--keep", action="store_true", help="reuse the demo store instead of a fresh one"
+    )
     d.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("ingest", help="ingest files or directories (.md, .txt, .rst)")
@@ -104,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--model", default="gpt-4o", help="model whose tokenizer counts the budget")
     a.add_argument("--max-tokens", type=int, default=1500)
     a.add_argument("--top", type=int, default=5, help="results to list")
-    a.add_argument("--no-remember", action="store_true",
-                   help="do not record the query in the user's history")
+    a.add_argument(
+        "--no-remember", action="store_true", help="do not record the query in the user's history"
+    )
     a.set_defaults(func=cmd_ask)
 
     f = sub.add_parser("forget", help="delete everything a user owns")

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -97,17 +98,20 @@ class Pertinent:
         self.reranker = reranker
         self.last_times: StageTimes | None = None
         self._chunker = Chunker(
-            embedder.count_tokens, chunk_tokens=min(settings.chunk_tokens, embedder.max_tokens - 2),
+            embedder.count_tokens,
+            chunk_tokens=min(settings.chunk_tokens, embedder.max_tokens - 2),
             overlap=settings.chunk_overlap,
         )
         self._profiles: dict[str, UserProfile] = {}
         self._sessions: dict[tuple[str, str], SessionState] = {}
         self._locks: dict[object, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pertinent")
 
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
+        self._executor.shutdown(wait=False)
         self.store.close()
 
     def __enter__(self) -> Pertinent:
@@ -153,8 +157,9 @@ class Pertinent:
 
         total_chunks = 0
         batch: list[Chunk] = []
-        bar = tqdm(total=len(documents), unit="doc", desc="ingest", disable=progress is False,
-                   leave=False)
+        bar = tqdm(
+            total=len(documents), unit="doc", desc="ingest", disable=progress is False, leave=False
+        )
         try:
             pending_docs = 0
             for doc in documents:
@@ -178,8 +183,16 @@ class Pertinent:
         model_id = self.embedder.model_id
         embedded = [
             Chunk(
-                id=c.id, doc_id=c.doc_id, text=c.text, position=c.position, metadata=c.metadata,
-                acl=c.acl, owner=c.owner, source=c.source, title=c.title, model_id=model_id,
+                id=c.id,
+                doc_id=c.doc_id,
+                text=c.text,
+                position=c.position,
+                metadata=c.metadata,
+                acl=c.acl,
+                owner=c.owner,
+                source=c.source,
+                title=c.title,
+                model_id=model_id,
                 vector=vectors[i],
             )
             for i, c in enumerate(chunks)
@@ -191,11 +204,18 @@ class Pertinent:
 
     # ------------------------------------------------------------------ events
 
-    def record(self, user_id: str, events: Event | Iterable[Event]) -> int:
+    def record(
+        self,
+        user_id: str,
+        events: Event | Iterable[Event],
+        *,
+        text_vectors: Mapping[str, Vector] | None = None,
+    ) -> int:
         """Append events to the user's log and fold them into the profile.
 
         Nothing is written unless every event is valid (an unknown item id with no
-        text raises `UnknownItem` before any write).
+        text raises `UnknownItem` before any write). `text_vectors` passes embeddings
+        the caller already has for event texts, so they are not computed twice.
         """
         _check_id(user_id, "user_id")
         batch = [events] if isinstance(events, Event) else list(events)
@@ -203,19 +223,29 @@ class Pertinent:
             return 0
         for e in batch:
             if not isinstance(e, Event):
-                raise InvalidInput(f"record() takes pertinent.Event objects, got {type(e).__name__}.")
+                raise InvalidInput(
+                    f"record() takes pertinent.Event objects, got {type(e).__name__}."
+                )
         item_ids = sorted({e.item_id for e in batch if e.item_id})
         items = {c.id: c for c in self.store.get_chunks(item_ids, user_id=user_id)}
-        texts = [e.text for e in batch if (not e.item_id or e.item_id not in items) and e.text]
-        text_vectors = dict(zip(texts, self.embedder.embed_documents(texts))) if texts else {}
+        known = dict(text_vectors or {})
+        texts = sorted(
+            {
+                e.text
+                for e in batch
+                if (not e.item_id or e.item_id not in items) and e.text and e.text not in known
+            }
+        )
+        if texts:
+            known.update(zip(texts, self.embedder.embed_documents(texts), strict=True))
         now = utcnow()
         stored: list[StoredEvent] = []
         for e in batch:
             vector: Vector
             if e.item_id and e.item_id in items and items[e.item_id].vector is not None:
                 vector = np.asarray(items[e.item_id].vector, dtype=np.float32)
-            elif e.text and e.text in text_vectors:
-                vector = text_vectors[e.text]
+            elif e.text and e.text in known:
+                vector = np.asarray(known[e.text], dtype=np.float32)
             else:
                 raise UnknownItem(
                     f"Event {e.kind!r} names item {e.item_id!r}, which is not in the store (or not "
@@ -224,9 +254,16 @@ class Pertinent:
                 )
             stored.append(
                 StoredEvent(
-                    id=uuid.uuid4().hex, user_id=user_id, kind=e.kind, weight=self._weight(e),
-                    timestamp=e.timestamp or now, item_id=e.item_id, text=e.text,
-                    session_id=e.session_id, model_id=self.embedder.model_id, vector=vector,
+                    id=uuid.uuid4().hex,
+                    user_id=user_id,
+                    kind=e.kind,
+                    weight=self._weight(e),
+                    timestamp=e.timestamp or now,
+                    item_id=e.item_id,
+                    text=e.text,
+                    session_id=e.session_id,
+                    model_id=self.embedder.model_id,
+                    vector=vector,
                 )
             )
         with self._lock(("user", user_id)):
@@ -251,7 +288,8 @@ class Pertinent:
                 profile = UserProfile.rebuild(
                     self.embedder.dim,
                     [(e.vector, e.weight, e.timestamp) for e in events],
-                    half_life_days=s.half_life_days, interests=s.interests,
+                    half_life_days=s.half_life_days,
+                    interests=s.interests,
                     interest_threshold=s.interest_threshold,
                 )
                 self._profiles[user_id] = profile
@@ -281,8 +319,9 @@ class Pertinent:
                 self._sessions[key] = state
             return state
 
-    def add_turn(self, user_id: str, session_id: str, role: str, text: str,
-                 *, vector: Vector | None = None) -> None:
+    def add_turn(
+        self, user_id: str, session_id: str, role: str, text: str, *, vector: Vector | None = None
+    ) -> None:
         """Add a conversation turn (the user's or the assistant's) to the session."""
         _check_id(user_id, "user_id")
         _check_id(session_id, "session_id")
@@ -291,11 +330,20 @@ class Pertinent:
         vec = vector if vector is not None else self.embedder.embed_documents([text])[0]
         state = self._session_state(user_id, session_id)
         with self._lock(("session", (user_id, session_id))):
-            self.store.append_turns([
-                StoredTurn(id=uuid.uuid4().hex, user_id=user_id, session_id=session_id, role=role,
-                           text=text, timestamp=utcnow(), model_id=self.embedder.model_id,
-                           vector=np.asarray(vec, dtype=np.float32))
-            ])
+            self.store.append_turns(
+                [
+                    StoredTurn(
+                        id=uuid.uuid4().hex,
+                        user_id=user_id,
+                        session_id=session_id,
+                        role=role,
+                        text=text,
+                        timestamp=utcnow(),
+                        model_id=self.embedder.model_id,
+                        vector=np.asarray(vec, dtype=np.float32),
+                    )
+                ]
+            )
             state.add(np.asarray(vec, dtype=np.float32))
 
     def session(self, user_id: str | None, session_id: str | None) -> SessionView:
@@ -304,9 +352,12 @@ class Pertinent:
         return self._session_state(user_id, session_id).view(self.settings.session_n0)
 
     def history(self, user_id: str, session_id: str) -> list[Turn]:
-        return [Turn(role=t.role, text=t.text, timestamp=t.timestamp)
-                for t in self.store.read_turns(_check_id(user_id, "user_id"),
-                                               _check_id(session_id, "session_id"))]
+        return [
+            Turn(role=t.role, text=t.text, timestamp=t.timestamp)
+            for t in self.store.read_turns(
+                _check_id(user_id, "user_id"), _check_id(session_id, "session_id")
+            )
+        ]
 
     # ------------------------------------------------------------------ retrieval
 
@@ -364,10 +415,19 @@ class Pertinent:
             principals=tuple(principals) + ((f"user:{user_id}",) if user_id else ()),
             exclude_ids=tuple(exclude_ids),
         )
-        candidates = gather_candidates(self.store, query, qvec, profile, self.settings, where,
-                                       times)
-        results = rank(query, candidates, profile, session, self.settings, top_k=k,
-                       reranker=self.reranker, times=times)
+        candidates = gather_candidates(
+            self.store, query, qvec, profile, self.settings, where, times, self._executor
+        )
+        results = rank(
+            query,
+            candidates,
+            profile,
+            session,
+            self.settings,
+            top_k=k,
+            reranker=self.reranker,
+            times=times,
+        )
         self.last_times = times
         return results, qvec
 
@@ -395,14 +455,19 @@ class Pertinent:
         *after* ranking, so it personalizes the next turn, not this one.
         """
         budget = budget or Budget(self.settings.budget_model, self.settings.budget_tokens)
-        results, qvec = self._search(query, user_id, session_id, principals, top_k, exclude_ids,
-                                     now)
+        results, qvec = self._search(
+            query, user_id, session_id, principals, top_k, exclude_ids, now
+        )
         history: list[Turn] = []
         if include_history and user_id and session_id:
             history = self.history(user_id, session_id)
         t0 = time.perf_counter()
         packed = pack(
-            results, budget, instructions=instructions, memories=memories, history=history,
+            results,
+            budget,
+            instructions=instructions,
+            memories=memories,
+            history=history,
             near_duplicate_cosine=self.settings.near_duplicate_cosine,
             min_partial_tokens=self.settings.min_partial_tokens,
             tokenizer=tokenizer_for(budget.model),
@@ -413,8 +478,11 @@ class Pertinent:
             t0 = time.perf_counter()
             if session_id is not None:
                 self.add_turn(user_id, session_id, "user", query, vector=qvec)
-            self.record(user_id, Event(kind="query", text=query, session_id=session_id,
-                                       timestamp=now))
+            self.record(
+                user_id,
+                Event(kind="query", text=query, session_id=session_id, timestamp=now),
+                text_vectors={query: qvec},
+            )
             if self.last_times is not None:
                 self.last_times.add("remember", t0)
         return packed
@@ -453,8 +521,9 @@ class Pertinent:
             cleared.append("query_embeddings")
         deleted["cached_profile"] = int(had_profile)
         deleted["cached_sessions"] = len(dropped)
-        return ForgetReceipt(user_id=user_id, deleted=deleted, at=utcnow(),
-                             caches_cleared=tuple(cleared))
+        return ForgetReceipt(
+            user_id=user_id, deleted=deleted, at=utcnow(), caches_cleared=tuple(cleared)
+        )
 
 
 def open(
@@ -470,7 +539,10 @@ def open(
     if path is not None:
         s = s.model_copy(update={"path": Path(path)})
     emb: Embedder = embedder or SentenceTransformerEmbedder(
-        s.embedding_model, batch_size=s.embedding_batch_size, torch_threads=s.torch_threads
+        s.embedding_model,
+        batch_size=s.embedding_batch_size,
+        query_threads=s.query_threads,
+        document_threads=s.document_threads,
     )
     if s.query_cache_size > 0 and not isinstance(emb, CachedQueryEmbedder):
         emb = CachedQueryEmbedder(emb, s.query_cache_size)
@@ -478,4 +550,3 @@ def open(
 
     store = LanceDBStore(s.path, model_id=emb.model_id, dim=emb.dim)
     return Pertinent(store, emb, s, reranker=reranker)
-

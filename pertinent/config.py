@@ -71,11 +71,16 @@ class Settings(BaseSettings):
     # Embeddings
     embedding_model: str = Field(
         "all-MiniLM-L6-v2",
-        description="name of the bundled model, or a local directory of a sentence-transformers model",
+        description="the bundled model's name, or a local sentence-transformers directory",
     )
     embedding_batch_size: int = Field(64, gt=0)
     query_cache_size: int = Field(4096, ge=0)
-    torch_threads: int | None = Field(None, gt=0)
+    query_threads: int | None = Field(
+        1, gt=0, description="torch threads for query embedding (None: leave torch's default)"
+    )
+    document_threads: int | None = Field(
+        None, gt=0, description="torch threads for batch embedding (None: all cores)"
+    )
 
     # Chunking (in tokens of the embedding model: chunks longer than it reads would be cut)
     chunk_tokens: int = Field(200, gt=16)
@@ -95,7 +100,9 @@ class Settings(BaseSettings):
     confidence_n0: float = Field(3.0, gt=0, description="event mass at which the user gate is 0.5")
     session_half_life_turns: float = Field(3.0, gt=0)
     session_n0: float = Field(1.0, gt=0)
-    interests: int = Field(1, ge=1, le=16, description="user interest centroids (1 = a single profile)")
+    interests: int = Field(
+        1, ge=1, le=16, description="user interest centroids (1 = a single profile)"
+    )
     interest_threshold: float = Field(0.35, ge=-1, le=1)
 
     # Diversity

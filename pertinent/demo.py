@@ -66,8 +66,10 @@ def run_demo(data: Path, root: Path | None = None, fresh: bool = True) -> int:
         # Relative paths give stable, readable document ids ("docs/scoring.md").
         sources = [Path(os.path.relpath(root / "README.md")), Path(os.path.relpath(root / "docs"))]
         report = px.ingest(sources, show_progress=True)
-        print(f"ingested {report.documents} documents → {report.chunks} chunks "
-              f"in {time.perf_counter() - t:.1f}s\n")
+        print(
+            f"ingested {report.documents} documents → {report.chunks} chunks "
+            f"in {time.perf_counter() - t:.1f}s\n"
+        )
 
         now = pertinent.types.utcnow()
         for persona, queries in PERSONAS.items():
@@ -86,28 +88,35 @@ def run_demo(data: Path, root: Path | None = None, fresh: bool = True) -> int:
         print(f"\nBoth ask: {QUESTION!r}\n")
         contexts = {}
         for persona in (*PERSONAS, "anonymous (no history)"):
-            user = None if persona.startswith("anonymous") else persona.split()[0]
-            contexts[persona] = px.retrieve(QUESTION, user_id=user, session_id=None,
-                                            budget=budget, remember=False)
+            asker = None if persona.startswith("anonymous") else persona.split()[0]
+            contexts[persona] = px.retrieve(
+                QUESTION, user_id=asker, session_id=None, budget=budget, remember=False
+            )
         width = 100
         for persona, ctx in contexts.items():
             print("=" * width)
-            print(f"{persona}: packed {ctx.token_count}/{budget.max_tokens} tokens "
-                  f"({ctx.tokenizer}), {len(ctx.citations)} passages cited")
+            print(
+                f"{persona}: packed {ctx.token_count}/{budget.max_tokens} tokens "
+                f"({ctx.tokenizer}), {len(ctx.citations)} passages cited"
+            )
             print("-" * width)
             for r in ctx.results[:5]:
                 e = r.explain
                 where = r.chunk.metadata.get("section") or r.chunk.title or r.chunk.doc_id
                 print(f" {r.rank}. [{_short(str(where), 40)}] {r.chunk.doc_id}")
-                print(f"    final {e.final:.3f} = hybrid {e.hybrid:.3f} (bm25 {e.bm25:.2f}, cos "
-                      f"{e.vector:.3f}) + user {e.user:.3f} × gate {e.user_gate:.2f}"
-                      f"  found by {'+'.join(e.found_by)}")
+                print(
+                    f"    final {e.final:.3f} = hybrid {e.hybrid:.3f} (bm25 {e.bm25:.2f}, cos "
+                    f"{e.vector:.3f}) + user {e.user:.3f} × gate {e.user_gate:.2f}"
+                    f"  found by {'+'.join(e.found_by)}"
+                )
                 print(f"    {_short(r.text, width - 4)}")
         tops = {p: [r.id for r in c.results[:5]] for p, c in contexts.items()}
         a, b = list(PERSONAS)
         overlap = len(set(tops[a]) & set(tops[b]))
         print("=" * width)
-        print(f"top-5 overlap between the two users: {overlap}/5; "
-              f"retrieve took {sum((px.last_times.ms if px.last_times else {}).values()):.0f} ms "
-              "(last call)")
+        print(
+            f"top-5 overlap between the two users: {overlap}/5; "
+            f"retrieve took {sum((px.last_times.ms if px.last_times else {}).values()):.0f} ms "
+            "(last call)"
+        )
     return 0

@@ -103,7 +103,7 @@ def _quiet_transformers() -> None:
     try:
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     except ImportError:  # pragma: no cover - transformers is a sentence-transformers dep
         pass
 
@@ -113,6 +113,11 @@ class SentenceTransformerEmbedder:
 
     Queries are counted with the model's own tokenizer so an over-long query raises
     `QueryTooLong` instead of being truncated without a word.
+
+    `query_threads` defaults to 1: on a 2-core machine, a query embedded with 2 torch
+    threads beside LanceDB's own threads took ~500 ms at p95 instead of 19 ms
+    (bench/bench_retrieve.py, docs/benchmarks.md); one short query gains nothing from
+    a second thread. `None` leaves torch's setting alone.
     """
 
     def __init__(
@@ -121,17 +126,20 @@ class SentenceTransformerEmbedder:
         *,
         device: str = "cpu",
         batch_size: int = 64,
-        torch_threads: int | None = None,
+        query_threads: int | None = 1,
+        document_threads: int | None = None,
         show_progress: bool = False,
     ) -> None:
         try:
+            import torch
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
             raise MissingDependency("sentence-transformers", "local") from exc
-        if torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(torch_threads)
+        self._torch = torch
+        self._query_threads = query_threads
+        self._document_threads = document_threads or os.cpu_count() or 1
+        if query_threads is not None:
+            torch.set_num_threads(query_threads)
         path = _resolve_model_path(model)
         # Belt and braces: with the path local, these make any accidental hub call fail fast.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -139,14 +147,18 @@ class SentenceTransformerEmbedder:
         _quiet_transformers()
         self._model = SentenceTransformer(str(path), device=device, local_files_only=True)
         self._name = model if model == BUNDLED_MODEL else path.name
-        get_dim = getattr(self._model, "get_embedding_dimension", None) or getattr(
-            self._model, "get_sentence_embedding_dimension"
+        # sentence-transformers 6 renamed the method; keep working on 3.x-5.x too.
+        get_dim = (
+            getattr(self._model, "get_embedding_dimension", None)
+            or self._model.get_sentence_embedding_dimension
         )
         dim = get_dim()
         if dim is None:
             raise ConfigurationError(f"Model at {path} does not report an embedding dimension.")
         self._dim = int(dim)
-        self._max_tokens = int(self._model.max_seq_length)
+        seq = self._model.max_seq_length
+        # Models without a configured limit: 512 is BERT's position-embedding size.
+        self._max_tokens = int(seq) if seq is not None else 512
         self._tokenizer = self._model.tokenizer
         self._batch_size = batch_size
         self._show_progress = show_progress
@@ -165,18 +177,26 @@ class SentenceTransformerEmbedder:
 
     def count_tokens(self, text: str) -> int:
         """Word pieces without the [CLS]/[SEP] markers the model adds."""
-        return len(self._tokenizer.encode(text, add_special_tokens=False))
+        return len(self._tokenizer.encode(text, add_special_tokens=False, verbose=False))
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
-        out = self._model.encode(
-            list(texts),
-            batch_size=self._batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=self._show_progress,
-        )
+        # Batches use every core (1.7x the passages/s of one thread on 2 cores); queries
+        # go back to `query_threads` afterwards. torch's thread count is process-wide.
+        if self._query_threads is not None:
+            self._torch.set_num_threads(self._document_threads)
+        try:
+            out = self._model.encode(
+                list(texts),
+                batch_size=self._batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=self._show_progress,
+            )
+        finally:
+            if self._query_threads is not None:
+                self._torch.set_num_threads(self._query_threads)
         return np.asarray(out, dtype=np.float32)
 
     def warmup(self) -> None:

@@ -166,8 +166,15 @@ def _convert(item: object, n: int, base: _Defaults) -> list[Document]:
         return [_from_document(item, where, base)]
     if isinstance(item, str):
         acl, owner, meta = base.fill((), None, {})
-        return [Document(id=_text_id(_check_text(item, where)), text=item, metadata=meta,
-                         acl=acl, owner=owner)]
+        return [
+            Document(
+                id=_text_id(_check_text(item, where)),
+                text=item,
+                metadata=meta,
+                acl=acl,
+                owner=owner,
+            )
+        ]
     if isinstance(item, Mapping):
         return [_from_dict(item, where, base)]
     if isinstance(item, os.PathLike):
@@ -261,8 +268,15 @@ def _from_path(path: Path, base: _Defaults) -> list[Document]:
         acl, owner, meta = base.fill((), None, {})
         title = _markdown_title(text) if file.suffix.lower() in _MARKDOWN_SUFFIXES else None
         docs.append(
-            Document(id=doc_id, text=text, metadata=meta, acl=acl, owner=owner,
-                     source=str(file), title=title or file.stem)
+            Document(
+                id=doc_id,
+                text=text,
+                metadata=meta,
+                acl=acl,
+                owner=owner,
+                source=str(file),
+                title=title or file.stem,
+            )
         )
     return docs
 
@@ -298,7 +312,7 @@ def _read_text(file: Path) -> str:
     except UnicodeDecodeError as exc:
         raise DocumentLoadError(
             f"{str(file)!r} is not UTF-8 text (undecodable byte "
-            f"{data[exc.start:exc.start + 1]!r} at offset {exc.start}). Convert it to UTF-8 "
+            f"{data[exc.start : exc.start + 1]!r} at offset {exc.start}). Convert it to UTF-8 "
             "(e.g. iconv -f latin1 -t utf-8), or decode it yourself and pass the text as a str."
         ) from exc
     return text.replace("\r\n", "\n").replace("\r", "\n")

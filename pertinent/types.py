@@ -38,7 +38,14 @@ Vector = npt.NDArray[np.float32]
 
 EventKind = Literal["query", "open", "click", "accept", "like", "reject", "dislike", "skip"]
 EVENT_KINDS: tuple[str, ...] = (
-    "query", "open", "click", "accept", "like", "reject", "dislike", "skip",
+    "query",
+    "open",
+    "click",
+    "accept",
+    "like",
+    "reject",
+    "dislike",
+    "skip",
 )
 
 
@@ -48,8 +55,8 @@ def utcnow() -> datetime:
 
 def as_utc(when: datetime) -> datetime:
     """Naive datetimes are taken as UTC: event logs written by servers usually are."""
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(
-        timezone.utc
+    return (
+        when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
     )
 
 
@@ -239,7 +246,9 @@ class Budget:
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
-            raise InvalidInput(f"Budget.max_tokens must be a positive int, got {self.max_tokens!r}.")
+            raise InvalidInput(
+                f"Budget.max_tokens must be a positive int, got {self.max_tokens!r}."
+            )
         if not self.model or not self.model.strip():
             raise InvalidInput("Budget.model must name the model that will read the context.")
 

@@ -10,33 +10,51 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LANCEDB_LOG", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Iterator
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-import pertinent  # noqa: E402
-from pertinent.embeddings import CachedQueryEmbedder, SentenceTransformerEmbedder  # noqa: E402
+import pertinent
+from pertinent.embeddings import CachedQueryEmbedder, SentenceTransformerEmbedder
 
 CORPUS = [
-    {"id": "keys", "title": "API keys",
-     "text": "Rotate API keys every 90 days from the admin console. Old keys stop working "
-             "one hour after rotation."},
-    {"id": "lc", "title": "LangChain",
-     "text": "LangChain retrievers wrap a vector store; a document compressor filters what "
-             "the retriever returns before it reaches the chain."},
-    {"id": "li", "title": "LlamaIndex",
-     "text": "LlamaIndex query engines call a retriever, then node postprocessors re-rank the "
-             "nodes before the response synthesizer writes the answer."},
-    {"id": "billing", "title": "Billing",
-     "text": "Invoices are issued on the first day of each month and refunds take five "
-             "business days to reach the card."},
-    {"id": "rust", "title": "Rust",
-     "text": "The Rust borrow checker rejects two mutable references to the same value; "
-             "use RefCell for interior mutability."},
-    {"id": "tax", "title": "Tax",
-     "text": "Capital gains tax applies when you sell shares held for less than a year; "
-             "losses can offset gains."},
+    {
+        "id": "keys",
+        "title": "API keys",
+        "text": "Rotate API keys every 90 days from the admin console. Old keys stop working "
+        "one hour after rotation.",
+    },
+    {
+        "id": "lc",
+        "title": "LangChain",
+        "text": "LangChain retrievers wrap a vector store; a document compressor filters what "
+        "the retriever returns before it reaches the chain.",
+    },
+    {
+        "id": "li",
+        "title": "LlamaIndex",
+        "text": "LlamaIndex query engines call a retriever, then node postprocessors re-rank the "
+        "nodes before the response synthesizer writes the answer.",
+    },
+    {
+        "id": "billing",
+        "title": "Billing",
+        "text": "Invoices are issued on the first day of each month and refunds take five "
+        "business days to reach the card.",
+    },
+    {
+        "id": "rust",
+        "title": "Rust",
+        "text": "The Rust borrow checker rejects two mutable references to the same value; "
+        "use RefCell for interior mutability.",
+    },
+    {
+        "id": "tax",
+        "title": "Tax",
+        "text": "Capital gains tax applies when you sell shares held for less than a year; "
+        "losses can offset gains.",
+    },
 ]
 
 

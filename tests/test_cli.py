@@ -19,8 +19,23 @@ def test_ingest_ask_forget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["ingest", str(docs), "--data", data]) == 0
     assert "ingested 2 documents" in capsys.readouterr().out
 
-    assert main(["ask", "how often do I rotate keys?", "--user", "ana", "--session", "s1",
-                 "--data", data, "--max-tokens", "120"]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                "how often do I rotate keys?",
+                "--user",
+                "ana",
+                "--session",
+                "s1",
+                "--data",
+                data,
+                "--max-tokens",
+                "120",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("#1 keys.md#0")
     assert "packed context:" in out and "/120 tokens (tiktoken:o200k_base)" in out
@@ -45,9 +60,11 @@ def test_demo_runs_on_a_project_tree(tmp_path: Path, capsys: pytest.CaptureFixtu
     (root / "docs").mkdir(parents=True)
     (root / "README.md").write_text("# Proj\n\nA project about keeping and forgetting data.")
     (root / "docs" / "privacy.md").write_text(
-        "# Privacy\n\nForget a user and delete their events, retention windows, isolation.")
+        "# Privacy\n\nForget a user and delete their events, retention windows, isolation."
+    )
     (root / "docs" / "scoring.md").write_text(
-        "# Scoring\n\nHybrid BM25 and vector fusion, decay half-life, MMR diversity.")
+        "# Scoring\n\nHybrid BM25 and vector fusion, decay half-life, MMR diversity."
+    )
     assert main(["demo", "--root", str(root), "--data", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "priya (privacy officer): packed" in out

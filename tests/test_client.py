@@ -22,8 +22,10 @@ def test_ingest_is_idempotent_and_replaces(px: pertinent.Pertinent) -> None:
     r1 = px.ingest(CORPUS, show_progress=False)
     r2 = px.ingest(CORPUS, show_progress=False)
     assert r1.chunks == r2.chunks == px.store.count_chunks() == len(CORPUS)
-    assert px.ingest("same text", show_progress=False).doc_ids == px.ingest(
-        "same text", show_progress=False).doc_ids
+    assert (
+        px.ingest("same text", show_progress=False).doc_ids
+        == px.ingest("same text", show_progress=False).doc_ids
+    )
     assert px.store.count_chunks() == len(CORPUS) + 1
     long = " ".join(f"Sentence number {i} talks about topic {i}." for i in range(200))
     px.ingest({"id": "long", "text": long}, show_progress=False)
@@ -64,9 +66,12 @@ def test_history_changes_the_ranking_and_explains_it(loaded: pertinent.Pertinent
     now = datetime.now(timezone.utc)
     li = loaded.search("LlamaIndex query engines node postprocessors")[0]
     assert li.chunk.doc_id == "li"
-    loaded.record("carol", [Event(kind="open", item_id=li.id, timestamp=now)] * 3
-                  + [Event(kind="accept", item_id=li.id, timestamp=now)])
-    lc = [r for r in base if r.chunk.doc_id == "lc"][0]
+    loaded.record(
+        "carol",
+        [Event(kind="open", item_id=li.id, timestamp=now)] * 3
+        + [Event(kind="accept", item_id=li.id, timestamp=now)],
+    )
+    lc = next(r for r in base if r.chunk.doc_id == "lc")
     loaded.record("carol", Event(kind="reject", item_id=lc.id, timestamp=now))
     after = loaded.search(q, user_id="carol")
     rank_after = {r.chunk.doc_id: r.rank for r in after}
@@ -74,17 +79,19 @@ def test_history_changes_the_ranking_and_explains_it(loaded: pertinent.Pertinent
     assert rank_after["li"] < rank_after["lc"]
     top = after[0].explain
     assert top.user_gate == pytest.approx(7.0 / 10.0)  # mass 3+2 pos, 2 neg; n0 = 3
-    li_res = [r for r in after if r.chunk.doc_id == "li"][0]
-    lc_res = [r for r in after if r.chunk.doc_id == "lc"][0]
+    li_res = next(r for r in after if r.chunk.doc_id == "li")
+    lc_res = next(r for r in after if r.chunk.doc_id == "lc")
     assert li_res.explain.user > lc_res.explain.user
     assert lc_res.explain.user_negative > 0.9  # the rejected chunk is the negative direction
     for r in after:
         e = r.explain
         assert 0.0 <= e.final <= 1.0
         w = loaded.settings.weights
-        expected = (w.hybrid * e.hybrid + w.user * e.user_gate * e.user
-                    + w.session * e.session_gate * e.session) / (
-            w.hybrid + w.user * e.user_gate + w.session * e.session_gate)
+        expected = (
+            w.hybrid * e.hybrid
+            + w.user * e.user_gate * e.user
+            + w.session * e.session_gate * e.session
+        ) / (w.hybrid + w.user * e.user_gate + w.session * e.session_gate)
         assert e.final == pytest.approx(expected)
 
 
@@ -93,8 +100,10 @@ def test_profile_rebuilt_in_a_new_process_equals_live(
 ) -> None:
     t = datetime(2026, 3, 1, tzinfo=timezone.utc)
     ids = [r.id for r in loaded.search("billing refunds invoices", top_k=3)]
-    evs = [Event(kind="open", item_id=ids[i % 3], timestamp=t + timedelta(days=(7 * i) % 11))
-           for i in range(12)] + [Event(kind="query", text="tax on shares", timestamp=t)]
+    evs = [
+        Event(kind="open", item_id=ids[i % 3], timestamp=t + timedelta(days=(7 * i) % 11))
+        for i in range(12)
+    ] + [Event(kind="query", text="tax on shares", timestamp=t)]
     loaded.profile("dave")  # cache a cold profile so updates are incremental
     loaded.record("dave", evs)
     live = loaded.profile("dave", now=t + timedelta(days=20))
@@ -120,8 +129,13 @@ def test_session_turns_shape_the_next_answer(loaded: pertinent.Pertinent) -> Non
 
 def test_retrieve_packs_within_budget_and_remembers(loaded: pertinent.Pertinent) -> None:
     budget = Budget(model="gpt-4o", max_tokens=60)
-    ctx = loaded.retrieve("How do I rotate API keys?", user_id="gina", session_id="s",
-                          budget=budget, instructions="Answer from the sources.")
+    ctx = loaded.retrieve(
+        "How do I rotate API keys?",
+        user_id="gina",
+        session_id="s",
+        budget=budget,
+        instructions="Answer from the sources.",
+    )
     tok = tokenizer_for("gpt-4o")
     assert ctx.token_count == tok.count(ctx.text) <= 60
     assert ctx.citations and ctx.citations[0].doc_id == "keys"
@@ -135,27 +149,48 @@ def test_retrieve_packs_within_budget_and_remembers(loaded: pertinent.Pertinent)
 
 
 def test_acl_prefilter_in_retrieve(loaded: pertinent.Pertinent) -> None:
-    loaded.ingest({"id": "root", "text": "Root credentials for the payment vault rotate weekly.",
-                   "acl": ["role:admin"]}, show_progress=False)
+    loaded.ingest(
+        {
+            "id": "root",
+            "text": "Root credentials for the payment vault rotate weekly.",
+            "acl": ["role:admin"],
+        },
+        show_progress=False,
+    )
     q = "payment vault root credentials"
     assert "root" not in {r.chunk.doc_id for r in loaded.search(q, user_id="u")}
     assert loaded.search(q, user_id="u", principals=["role:admin"])[0].chunk.doc_id == "root"
-    loaded.ingest({"id": "hers", "text": "Payment vault notes shared with Hana only.",
-                   "acl": ["user:hana"]}, show_progress=False)
+    loaded.ingest(
+        {"id": "hers", "text": "Payment vault notes shared with Hana only.", "acl": ["user:hana"]},
+        show_progress=False,
+    )
     assert "hers" in {r.chunk.doc_id for r in loaded.search(q, user_id="hana")}
     assert "hers" not in {r.chunk.doc_id for r in loaded.search(q, user_id="ivan")}
 
 
-@settings(max_examples=12, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(owners=st.lists(st.sampled_from(["ann", "bo", "x' OR owner != '", "O'Brien", "🙂"]),
-                       min_size=1, max_size=4, unique=True),
-       reader=st.sampled_from(["ann", "bo", "x' OR owner != '", "O'Brien", "🙂", "zed"]))
-def test_no_user_receives_another_users_records(loaded: pertinent.Pertinent,
-                                                owners: list[str], reader: str) -> None:
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    owners=st.lists(
+        st.sampled_from(["ann", "bo", "x' OR owner != '", "O'Brien", "🙂"]),
+        min_size=1,
+        max_size=4,
+        unique=True,
+    ),
+    reader=st.sampled_from(["ann", "bo", "x' OR owner != '", "O'Brien", "🙂", "zed"]),
+)
+def test_no_user_receives_another_users_records(
+    loaded: pertinent.Pertinent, owners: list[str], reader: str
+) -> None:
     for o in owners:
-        loaded.ingest({"id": f"note-{o}", "text": f"private note of {o} about api keys rotation"},
-                      owner=o, show_progress=False)
+        loaded.ingest(
+            {"id": f"note-{o}", "text": f"private note of {o} about api keys rotation"},
+            owner=o,
+            show_progress=False,
+        )
     res = loaded.search("private note about api keys rotation", user_id=reader, top_k=20)
     got_owners = {r.chunk.owner for r in res if r.chunk.owner is not None}
     assert got_owners <= {reader}
@@ -166,8 +201,9 @@ def test_no_user_receives_another_users_records(loaded: pertinent.Pertinent,
 
 
 def test_forget_user(loaded: pertinent.Pertinent) -> None:
-    loaded.ingest({"id": "kim-note", "text": "kim's zanzibar itinerary"}, owner="kim",
-                  show_progress=False)
+    loaded.ingest(
+        {"id": "kim-note", "text": "kim's zanzibar itinerary"}, owner="kim", show_progress=False
+    )
     loaded.retrieve("zanzibar itinerary", user_id="kim", session_id="s")
     kid = loaded.search("billing", top_k=1)[0].id
     loaded.record("kim", Event(kind="open", item_id=kid))
@@ -190,17 +226,23 @@ def test_forgotten_text_is_gone_from_disk(loaded: pertinent.Pertinent) -> None:
     loaded.ingest({"id": "m", "text": f"secret {marker} note"}, owner="mo", show_progress=False)
     loaded.record("mo", Event(kind="query", text=f"where is {marker}"))
     loaded.forget_user("mo")
-    hits = [p for p in Path(loaded.settings.path).rglob("*")
-            if p.is_file() and marker.encode() in p.read_bytes()]
+    hits = [
+        p
+        for p in Path(loaded.settings.path).rglob("*")
+        if p.is_file() and marker.encode() in p.read_bytes()
+    ]
     assert hits == []
 
 
 def test_async_api(loaded: pertinent.Pertinent) -> None:
     async def main() -> list[pertinent.PackedContext]:
-        return await asyncio.gather(*[
-            loaded.aretrieve(q, user_id="amy", budget=Budget("gpt-4", 200), remember=False)
-            for q in ["rotate keys", "refunds", "borrow checker", "capital gains"]
-        ])
+        return await asyncio.gather(
+            *[
+                loaded.aretrieve(q, user_id="amy", budget=Budget("gpt-4", 200), remember=False)
+                for q in ["rotate keys", "refunds", "borrow checker", "capital gains"]
+            ]
+        )
+
     out = asyncio.run(main())
     assert [c.results[0].chunk.doc_id for c in out] == ["keys", "billing", "rust", "tax"]
     assert all(c.token_count <= 200 and c.tokenizer.endswith("cl100k_base") for c in out)
@@ -226,8 +268,12 @@ def test_bad_queries(loaded: pertinent.Pertinent) -> None:
 
 def test_budget_smaller_than_instructions(loaded: pertinent.Pertinent) -> None:
     with pytest.raises(pertinent.BudgetTooSmall):
-        loaded.retrieve("keys", budget=Budget("gpt-4o", 5),
-                        instructions="You are a careful assistant. " * 10, remember=False)
+        loaded.retrieve(
+            "keys",
+            budget=Budget("gpt-4o", 5),
+            instructions="You are a careful assistant. " * 10,
+            remember=False,
+        )
     with pytest.raises(pertinent.InvalidInput):
         Budget("gpt-4o", 0)
 

@@ -125,8 +125,14 @@ def test_dict_without_text_names_the_key() -> None:
 
 
 @pytest.mark.parametrize(
-    "item", [{"text": 5}, {"text": "x", "id": ""}, {"text": "x", "owner": 3},
-             {"text": "x", "title": 1}, {"text": "x", "metadata": ["a"]}]
+    "item",
+    [
+        {"text": 5},
+        {"text": "x", "id": ""},
+        {"text": "x", "owner": 3},
+        {"text": "x", "title": 1},
+        {"text": "x", "metadata": ["a"]},
+    ],
 )
 def test_dict_field_types(item: dict[str, object]) -> None:
     with pytest.raises(InvalidInput):
@@ -136,8 +142,9 @@ def test_dict_field_types(item: dict[str, object]) -> None:
 def test_document_own_acl_and_owner_win_call_level_fills_gaps() -> None:
     own = Document(id="a", text="A", acl=("role:admin",), owner="bob", metadata={"k": 1})
     bare = Document(id="b", text="B")
-    a, b = to_documents([own, bare], acl=["role:support"], owner="alice",
-                        metadata={"k": 0, "batch": "x"})
+    a, b = to_documents(
+        [own, bare], acl=["role:support"], owner="alice", metadata={"k": 0, "batch": "x"}
+    )
     assert a.acl == ("role:admin",) and a.owner == "bob"
     assert a.metadata == {"k": 1, "batch": "x"}
     assert b.acl == ("role:support",) and b.owner == "alice"
@@ -166,8 +173,12 @@ def test_bad_acl_explains_the_format(entry: object) -> None:
 
 @pytest.mark.parametrize(
     ("meta", "key"),
-    [({"when": datetime(2024, 1, 1)}, "when"), ({"tags": {"a"}}, "tags"),
-     ({"score": math.nan}, "score"), ({1: "x"}, "1")],
+    [
+        ({"when": datetime(2024, 1, 1)}, "when"),
+        ({"tags": {"a"}}, "tags"),
+        ({"score": math.nan}, "score"),
+        ({1: "x"}, "1"),
+    ],
 )
 def test_metadata_must_be_json(meta: dict[object, object], key: str) -> None:
     with pytest.raises(InvalidInput, match=re.escape(key)):
@@ -186,8 +197,9 @@ def test_extra_dict_key_must_be_json() -> None:
 # ------------------------------------------------------------------------ files
 
 
-def test_file_id_title_source_and_idempotence(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_id_title_source_and_idempotence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "kb"
     folder.mkdir()
     (folder / "refunds.md").write_text(
@@ -236,7 +248,11 @@ def test_directory_recursion_skips_hidden_and_unsupported(tmp_path: Path) -> Non
         (tmp_path / name).write_text(text, encoding="utf-8")
     docs = to_documents(tmp_path)
     assert [d.id for d in docs] == [
-        "a.md", "b.txt", "sub/UPPER.MD", "sub/c.rst", "sub/deeper/d.markdown"
+        "a.md",
+        "b.txt",
+        "sub/UPPER.MD",
+        "sub/c.rst",
+        "sub/deeper/d.markdown",
     ]
     assert docs[0].title == "A" and docs[0].source == str(tmp_path / "a.md")
     assert docs[3].source == str(tmp_path / "sub" / "c.rst") and docs[3].title == "c"
@@ -284,8 +300,8 @@ def test_directory_without_supported_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("chunk_tokens", "overlap"), [(0, 0.1), (-5, 0.0), (True, 0.0), (50, 1.0), (50, -0.1),
-                                  (50, math.nan)]
+    ("chunk_tokens", "overlap"),
+    [(0, 0.1), (-5, 0.0), (True, 0.0), (50, 1.0), (50, -0.1), (50, math.nan)],
 )
 def test_chunker_arguments(chunk_tokens: int, overlap: float) -> None:
     with pytest.raises(InvalidInput):
@@ -293,15 +309,26 @@ def test_chunker_arguments(chunk_tokens: int, overlap: float) -> None:
 
 
 def test_chunks_carry_the_document(count: Counter) -> None:
-    doc = Document(id="doc", text=numbered(300), metadata={"lang": "en"},
-                   acl=("role:support",), owner="alice", source="s", title="T")
+    doc = Document(
+        id="doc",
+        text=numbered(300),
+        metadata={"lang": "en"},
+        acl=("role:support",),
+        owner="alice",
+        source="s",
+        title="T",
+    )
     chunks = Chunker(count, chunk_tokens=40, overlap=0.0).split(doc)
     assert len(chunks) > 3
     for i, chunk in enumerate(chunks):
         assert chunk.id == f"doc#{i}" and chunk.position == i and chunk.doc_id == "doc"
         assert chunk.metadata == {"lang": "en"}
         assert (chunk.acl, chunk.owner, chunk.source, chunk.title) == (
-            ("role:support",), "alice", "s", "T")
+            ("role:support",),
+            "alice",
+            "s",
+            "T",
+        )
         assert chunk.text == chunk.text.strip() and count(chunk.text) <= 40
     assert Chunker(count).split(Document(id="ws", text=" \n\t ")) == []
 
@@ -411,8 +438,24 @@ def check_chunks(text: str, chunker: Chunker, count: Counter) -> None:
 piece = st.one_of(
     st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=12),
     st.text(alphabet="abcdefghij0123456789", min_size=30, max_size=300),  # no break inside
-    st.sampled_from(["Hello.", "world,", "(see", "§3)", "e.g.", "naïve", "日本語", "🙂", "—",
-                     "https://example.com/a/b?c=d", "C++", "...", "#", "##"]),
+    st.sampled_from(
+        [
+            "Hello.",
+            "world,",
+            "(see",
+            "§3)",
+            "e.g.",
+            "naïve",
+            "日本語",
+            "🙂",
+            "—",
+            "https://example.com/a/b?c=d",
+            "C++",
+            "...",
+            "#",
+            "##",
+        ]
+    ),
 )
 separator = st.sampled_from([" ", " ", " ", "  ", "\n", "\n\n", "\t", ". ", ", ", "; ", ""])
 texts = st.lists(st.tuples(piece, separator), max_size=250).map(

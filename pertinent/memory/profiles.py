@@ -124,7 +124,9 @@ class UserProfile:
             cos = float(c.total @ v) / norm if norm > 0 else -1.0
             if cos > best_cos:
                 best, best_cos = i, cos
-        if best < 0 or (best_cos < self.interest_threshold and len(self._centroids) < self.max_interests):
+        if best < 0 or (
+            best_cos < self.interest_threshold and len(self._centroids) < self.max_interests
+        ):
             self._centroids.append(_Centroid(total=w * v.copy(), mass=w))
         else:
             self._centroids[best].total += w * v
@@ -142,7 +144,9 @@ class UserProfile:
     ) -> UserProfile:
         """Refold a profile from its log (e.g. after a model change or a crash)."""
         profile = cls(
-            dim, half_life_days=half_life_days, interests=interests,
+            dim,
+            half_life_days=half_life_days,
+            interests=interests,
             interest_threshold=interest_threshold,
         )
         for vector, weight, when in sorted(events, key=lambda e: e[2]):

@@ -228,16 +228,15 @@ def pack(
         truncated = False
         room = limit - used
         if cost > room:
-            cut = (
-                _cut_at_sentence(tok, lead, _block(marker, label, ""), text, room,
-                                 min_partial_tokens)
-                if room >= min_partial_tokens
-                else None
-            )
+            cut = None
+            if room >= min_partial_tokens:
+                head = _block(marker, label, "")
+                cut = _cut_at_sentence(tok, lead, head, text, room, min_partial_tokens)
             if cut is None:
                 skipped["over_budget"] += 1
-                continue
-            block, cost, truncated, full = _block(marker, label, cut[0]), cut[1], True, True
+                continue  # a shorter passage further down may still fit
+            block, cost = _block(marker, label, cut[0]), cut[1]
+            truncated = full = True
 
         asm.passages.append(
             (

@@ -183,11 +183,8 @@ class TiktokenTokenizer:
         tokens = self._encode(text)
         if len(tokens) <= max_tokens:
             return text
-        byte_ends = list(
-            accumulate(
-                len(self._encoding.decode_single_token_bytes(t)) for t in tokens[: max(max_tokens, 0)]
-            )
-        )
+        head = tokens[: max(max_tokens, 0)]
+        byte_ends = list(accumulate(len(self._encoding.decode_single_token_bytes(t)) for t in head))
 
         def char_end_of_first(k: int) -> int:
             return _char_index_of_byte(text, byte_ends[k - 1])
@@ -343,10 +340,22 @@ class CachedTokenizer:
 
 # Longest prefixes first where one family's name starts with another's ("gpt-4o" / "gpt-4").
 _O200K_PREFIXES = (
-    "gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "chatgpt-4o", "gpt-oss", "o1", "o3", "o4",
+    "gpt-4o",
+    "gpt-4.1",
+    "gpt-4.5",
+    "gpt-5",
+    "chatgpt-4o",
+    "gpt-oss",
+    "o1",
+    "o3",
+    "o4",
 )
 _CL100K_PREFIXES = (
-    "gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3", "text-embedding-ada-002",
+    "gpt-4",
+    "gpt-3.5",
+    "gpt-35",
+    "text-embedding-3",
+    "text-embedding-ada-002",
 )
 
 
@@ -354,7 +363,7 @@ def _encoding_for(model: str) -> str | None:
     name = model.lower()
     for provider in ("openai/", "azure/", "ft:"):
         if name.startswith(provider):
-            name = name[len(provider):]
+            name = name[len(provider) :]
     if name.startswith(_O200K_PREFIXES):
         return "o200k_base"
     if name.startswith(_CL100K_PREFIXES):
@@ -377,11 +386,11 @@ def tokenizer_for(model: str) -> Tokenizer:
     """
     model = model.strip()
     if model.startswith("hf:"):
-        return CachedTokenizer(HFTokenizer(model[len("hf:"):]))
+        return CachedTokenizer(HFTokenizer(model[len("hf:") :]))
     if model.endswith("tokenizer.json"):
         return CachedTokenizer(HFTokenizer(model))
     if model.startswith("tiktoken:"):
-        return CachedTokenizer(TiktokenTokenizer(model[len("tiktoken:"):]))
+        return CachedTokenizer(TiktokenTokenizer(model[len("tiktoken:") :]))
     encoding = _encoding_for(model)
     if encoding is not None:
         return CachedTokenizer(TiktokenTokenizer(encoding))

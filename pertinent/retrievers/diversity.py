@@ -12,9 +12,7 @@ import numpy as np
 __all__ = ["mmr"]
 
 
-def mmr(
-    scores: np.ndarray, vectors: np.ndarray, *, k: int, lam: float
-) -> list[tuple[int, float]]:
+def mmr(scores: np.ndarray, vectors: np.ndarray, *, k: int, lam: float) -> list[tuple[int, float]]:
     """Indices in pick order with the MMR value each was picked with.
 
     `vectors` are unit rows, so `vectors @ vectors.T` is the cosine matrix. O(k·n).

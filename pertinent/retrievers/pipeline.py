@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from pertinent.config import Settings
+from pertinent.errors import ConfigurationError
 from pertinent.memory.profiles import ProfileView
 from pertinent.memory.sessions import SessionView
 from pertinent.retrievers.diversity import mmr
@@ -45,6 +47,7 @@ def gather_candidates(
     settings: Settings,
     where: SearchFilter,
     times: StageTimes | None = None,
+    executor: Executor | None = None,
 ) -> list[Candidate]:
     """The store's hybrid top-N, plus the user-blended vector leg's top-M.
 
@@ -53,25 +56,36 @@ def gather_candidates(
     not return it), so it competes on the same scale.
     """
     t0 = time.perf_counter()
+    user_job: Future[list[Hit]] | None = None
+    blended = blended_query(query, profile, settings.rho)
+    if blended is not None and settings.user_candidates > 0 and executor is not None:
+        # Started first so it overlaps the hybrid search (both mostly wait on LanceDB).
+        user_job = executor.submit(
+            store.vector_search, blended, k=settings.user_candidates, where=where
+        )
     hybrid_hits = store.hybrid_search(
         text, query, k=settings.candidates, alpha=settings.alpha, where=where
     )
     if times is not None:
         t0 = times.add("hybrid_search", t0)
     user_hits: list[Hit] = []
-    blended = blended_query(query, profile, settings.rho)
-    if blended is not None and settings.user_candidates > 0:
+    if user_job is not None:
+        user_hits = user_job.result()
+    elif blended is not None and settings.user_candidates > 0:
         user_hits = store.vector_search(blended, k=settings.user_candidates, where=where)
-        if times is not None:
-            times.add("user_leg", t0)
+    if blended is not None and times is not None:
+        times.add("user_leg", t0)
 
     out: dict[str, Candidate] = {}
     cosines = [h.vector_cosine for h in hybrid_hits if h.vector_cosine is not None]
     lo, hi = (min(cosines), max(cosines)) if cosines else (0.0, 1.0)
     for h in hybrid_hits:
         out[h.id] = Candidate(
-            chunk=h.chunk, bm25=h.bm25 or 0.0, vector=h.vector_cosine or 0.0,
-            hybrid=h.hybrid, found_by=("hybrid",),
+            chunk=h.chunk,
+            bm25=h.bm25 or 0.0,
+            vector=h.vector_cosine or 0.0,
+            hybrid=h.hybrid,
+            found_by=("hybrid",),
         )
     for h in user_hits:
         if h.id in out:
@@ -82,8 +96,11 @@ def gather_candidates(
         cos = float(h.chunk.vector @ query)
         scaled = (cos - lo) / (hi - lo) if hi - lo > 1e-12 else 1.0
         out[h.id] = Candidate(
-            chunk=h.chunk, bm25=0.0, vector=cos,
-            hybrid=settings.alpha * float(np.clip(scaled, 0.0, 1.0)), found_by=("user",),
+            chunk=h.chunk,
+            bm25=0.0,
+            vector=cos,
+            hybrid=settings.alpha * float(np.clip(scaled, 0.0, 1.0)),
+            found_by=("user",),
         )
     return list(out.values())
 
@@ -114,10 +131,9 @@ def rank(
             reranker.score(query_text, [c.chunk.text for c in candidates]), dtype=np.float64
         )
         if raw.shape != (len(candidates),) or not np.all(np.isfinite(raw)):
-            from pertinent.errors import ConfigurationError
-
             raise ConfigurationError(
-                f"The reranker returned {raw.shape} scores (finite: {bool(np.all(np.isfinite(raw)))}) "
+                f"The reranker returned scores of shape {raw.shape} (all finite: "
+                f"{bool(np.all(np.isfinite(raw)))}) "
                 f"for {len(candidates)} passages; it must return one finite score per passage."
             )
         norm = minmax(raw)
@@ -148,5 +164,7 @@ def rank(
             mmr=mmr_value,
             found_by=c.found_by,
         )
-        results.append(Result(chunk=c.chunk, rank=rank_no, score=float(final[i]), explain=breakdown))
+        results.append(
+            Result(chunk=c.chunk, rank=rank_no, score=float(final[i]), explain=breakdown)
+        )
     return results

@@ -33,8 +33,14 @@ class Reranker(Protocol):
 class CrossEncoderReranker:
     """A sentence-transformers `CrossEncoder` loaded from a local directory."""
 
-    def __init__(self, model_path: str | os.PathLike[str], *, device: str = "cpu",
-                 batch_size: int = 32, max_length: int = 512) -> None:
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        device: str = "cpu",
+        batch_size: int = 32,
+        max_length: int = 512,
+    ) -> None:
         try:
             from sentence_transformers import CrossEncoder
         except ImportError as exc:
@@ -46,16 +52,21 @@ class CrossEncoderReranker:
                 "models: save one with `CrossEncoder(name).save(dir)` on a machine with a "
                 "network, then pass that directory."
             )
-        self._model = CrossEncoder(str(path), device=device, max_length=max_length,
-                                   local_files_only=True)
+        self._model = CrossEncoder(
+            str(path), device=device, max_length=max_length, local_files_only=True
+        )
         self._batch_size = batch_size
         self.model_id = path.name
 
     def score(self, query: str, texts: Sequence[str]) -> Sequence[float]:
         if not texts:
             return []
-        out = self._model.predict([(query, t) for t in texts], batch_size=self._batch_size,
-                                  show_progress_bar=False, convert_to_numpy=True)
+        out = self._model.predict(
+            [(query, t) for t in texts],
+            batch_size=self._batch_size,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
         arr = np.asarray(out, dtype=np.float64)
         if arr.ndim == 2:  # a model with several labels: take the last (the "relevant" one)
             arr = arr[:, -1]

@@ -93,9 +93,7 @@ def rescore(
     user = minmax(user_affinity(matrix, profile, weights.negative)) if g_u > 0 else np.zeros(n)
     neg = matrix @ profile.negative if profile.negative is not None else np.zeros(n)
     sess = (
-        minmax(matrix @ session.vector)
-        if session.vector is not None and g_s > 0
-        else np.zeros(n)
+        minmax(matrix @ session.vector) if session.vector is not None and g_s > 0 else np.zeros(n)
     )
     wu = weights.user * g_u
     ws = weights.session * g_s

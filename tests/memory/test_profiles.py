@@ -55,8 +55,11 @@ def test_incremental_equals_rebuild_in_any_order(
     rate = math.log(2) / (half_life * 86400)
     t_ref = max(t for _, _, t in log).timestamp()
     expected = sum(
-        (abs(w) * math.exp(-rate * (t_ref - t.timestamp())) * v.astype(np.float64)
-         for v, w, t in log if w > 0),
+        (
+            abs(w) * math.exp(-rate * (t_ref - t.timestamp())) * v.astype(np.float64)
+            for v, w, t in log
+            if w > 0
+        ),
         np.zeros(DIM),
     )
     np.testing.assert_allclose(lp, expected, rtol=1e-9, atol=1e-12)
@@ -111,15 +114,17 @@ def test_multi_interest_keeps_separate_tastes() -> None:
     assert dirs == [0, 3]
     assert all(math.isclose(share, 0.5, rel_tol=0.05) for _, share in view.interests)
     rebuilt = UserProfile.rebuild(
-        DIM, [(unit(0) if i % 2 == 0 else unit(3), 1.0, T0 + timedelta(hours=i)) for i in range(6)],
-        half_life_days=30, interests=3, interest_threshold=0.5,
+        DIM,
+        [(unit(0) if i % 2 == 0 else unit(3), 1.0, T0 + timedelta(hours=i)) for i in range(6)],
+        half_life_days=30,
+        interests=3,
+        interest_threshold=0.5,
     )
     assert sorted(int(np.argmax(u)) for u, _ in rebuilt.view(T0, n0=5).interests) == [0, 3]
 
 
 @settings(max_examples=100, deadline=None)
-@given(vectors=st.lists(st.integers(0, DIM - 1), min_size=1, max_size=30),
-       h=st.floats(0.5, 10))
+@given(vectors=st.lists(st.integers(0, DIM - 1), min_size=1, max_size=30), h=st.floats(0.5, 10))
 def test_session_state_matches_closed_form(vectors: list[int], h: float) -> None:
     s = SessionState(DIM, half_life_turns=h)
     for i in vectors:

@@ -45,9 +45,19 @@ def make_result(
         vector=None if vector is None else np.asarray(vector, dtype=np.float32),
     )
     explain = ScoreBreakdown(
-        bm25=1.0, vector=score, hybrid=score, user=0.0, user_negative=0.0, user_gate=0.0,
-        session=0.0, session_gate=0.0, personalized=score, rerank=None, final=score,
-        mmr=score, found_by=("bm25", "vector"),
+        bm25=1.0,
+        vector=score,
+        hybrid=score,
+        user=0.0,
+        user_negative=0.0,
+        user_gate=0.0,
+        session=0.0,
+        session_gate=0.0,
+        personalized=score,
+        rerank=None,
+        final=score,
+        mmr=score,
+        found_by=("bm25", "vector"),
     )
     return Result(chunk=chunk, rank=rank, score=score, explain=explain)
 
@@ -151,8 +161,12 @@ def test_out_of_range_shares_are_rejected(share: float) -> None:
 def test_layout_headers_and_citations() -> None:
     results = [
         make_result("a1", "Rust has no garbage collector.", rank=1, title="Rust FAQ"),
-        make_result("b2", "Ownership rules are checked at compile time.", rank=2,
-                    source="https://doc.rust-lang.org/book"),
+        make_result(
+            "b2",
+            "Ownership rules are checked at compile time.",
+            rank=2,
+            source="https://doc.rust-lang.org/book",
+        ),
         make_result("c3", "The borrow checker rejects dangling references.", rank=3),
     ]
     packed = pack(
@@ -172,7 +186,9 @@ def test_layout_headers_and_citations() -> None:
         "[3] The borrow checker rejects dangling references."
     )
     assert [(c.marker, c.chunk_id, c.doc_id) for c in packed.citations] == [
-        (1, "a1", "doc-a1"), (2, "b2", "doc-b2"), (3, "c3", "doc-c3"),
+        (1, "a1", "doc-a1"),
+        (2, "b2", "doc-b2"),
+        (3, "c3", "doc-c3"),
     ]
     assert packed.citations[0].title == "Rust FAQ"
     assert packed.citations[1].source == "https://doc.rust-lang.org/book"
@@ -185,9 +201,14 @@ def test_layout_headers_and_citations() -> None:
         assert m.group(2) == chunk.text
     tok = tokenizer_for("gpt-4o")
     assert packed.sections["instructions"] == tok.count("Answer from the sources.")
-    assert packed.sections["passages"] == tok.count(packed.text[packed.text.index(SOURCES_HEADER):])
+    assert packed.sections["passages"] == tok.count(
+        packed.text[packed.text.index(SOURCES_HEADER) :]
+    )
     assert packed.skipped == {
-        "near_duplicate": 0, "over_budget": 0, "memory_over_budget": 0, "history_over_budget": 0,
+        "near_duplicate": 0,
+        "over_budget": 0,
+        "memory_over_budget": 0,
+        "history_over_budget": 0,
     }
 
 
@@ -288,13 +309,21 @@ def test_passage_without_sentence_boundary_is_skipped_not_cut() -> None:
 
 def test_shares_cap_memory_and_history() -> None:
     memories = [f"Fact number {i} about the user's long-running projects." for i in range(40)]
-    history = [Turn("user" if i % 2 == 0 else "assistant", f"Message {i} of the chat.")
-               for i in range(40)]
+    history = [
+        Turn("user" if i % 2 == 0 else "assistant", f"Message {i} of the chat.") for i in range(40)
+    ]
     results = [make_result(f"p{i}", sentences(2, f"topic {i}"), rank=i + 1) for i in range(40)]
     instructions = "Use the sources."
     budget = Budget("gpt-4o", 600)
-    packed = pack(results, budget, instructions=instructions, memories=memories,
-                  history=history, memory_share=0.2, history_share=0.1)
+    packed = pack(
+        results,
+        budget,
+        instructions=instructions,
+        memories=memories,
+        history=history,
+        memory_share=0.2,
+        history_share=0.1,
+    )
     available = 600 - tokens("gpt-4o", instructions)
 
     assert 0 < packed.sections["memory"] <= math.floor(0.2 * available)
@@ -374,8 +403,7 @@ def _tightest_budget(fits: Callable[[Budget], bool]) -> Budget:
 
 
 def test_recount_drops_the_last_passage_when_pieces_do_not_add_up() -> None:
-    results = [make_result(f"p{i}", f"Passage {i} says one thing.", rank=i + 1)
-               for i in range(3)]
+    results = [make_result(f"p{i}", f"Passage {i} says one thing.", rank=i + 1) for i in range(3)]
     budget = _tightest_budget(lambda b: len(pack(results, b).citations) == 3)
     # Each piece has one blank line, the joined text three: only the join pays.
     tok = JoinPenaltyTokenizer(penalty=6, min_joins=3)

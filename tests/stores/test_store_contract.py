@@ -53,8 +53,15 @@ def chunks_for(
 ) -> list[Chunk]:
     vecs = embedder.embed_documents(texts)
     return [
-        Chunk(id=f"{doc_id}#{i}", doc_id=doc_id, text=t, position=i, model_id=embedder.model_id,
-              vector=vecs[i], **kw)  # type: ignore[arg-type]
+        Chunk(
+            id=f"{doc_id}#{i}",
+            doc_id=doc_id,
+            text=t,
+            position=i,
+            model_id=embedder.model_id,
+            vector=vecs[i],
+            **kw,
+        )  # type: ignore[arg-type]
         for i, t in enumerate(texts)
     ]
 
@@ -80,8 +87,12 @@ def test_delete_documents(store: Store, embedder: CachedQueryEmbedder) -> None:
 
 
 def test_hybrid_search_fuses_both_legs(store: Store, embedder: CachedQueryEmbedder) -> None:
-    texts = ["rotate the API keys monthly", "bananas are yellow fruit",
-             "credential rotation policy for secrets", "zebra crossing rules"]
+    texts = [
+        "rotate the API keys monthly",
+        "bananas are yellow fruit",
+        "credential rotation policy for secrets",
+        "zebra crossing rules",
+    ]
     store.upsert_chunks(chunks_for(embedder, "d", texts))
     q = embedder.embed_query("rotate API keys")
     hits = store.hybrid_search("rotate API keys", q, k=4, alpha=0.5, where=SearchFilter())
@@ -120,8 +131,9 @@ def test_visibility_owner_acl_exclude(store: Store, embedder: CachedQueryEmbedde
     assert [c.id for c in store.get_chunks(["alice-note#0"], user_id="alice")] == ["alice-note#0"]
 
 
-def test_persists_across_reopen(tmp_path: Path, make_store: StoreFactory,
-                                embedder: CachedQueryEmbedder) -> None:
+def test_persists_across_reopen(
+    tmp_path: Path, make_store: StoreFactory, embedder: CachedQueryEmbedder
+) -> None:
     s = make_store(tmp_path / "p")
     s.upsert_chunks(chunks_for(embedder, "d", ["persisted text"]))
     s.close()
@@ -140,8 +152,14 @@ def test_reopen_with_other_model_is_refused(tmp_path: Path, embedder: CachedQuer
 def test_wrong_dimension_is_refused(store: Store, embedder: CachedQueryEmbedder) -> None:
     with pytest.raises(DimensionMismatch):
         store.vector_search(np.ones(7, dtype=np.float32), k=3, where=SearchFilter())
-    bad = Chunk(id="x#0", doc_id="x", text="t", position=0, model_id=embedder.model_id,
-                vector=np.ones(7, dtype=np.float32))
+    bad = Chunk(
+        id="x#0",
+        doc_id="x",
+        text="t",
+        position=0,
+        model_id=embedder.model_id,
+        vector=np.ones(7, dtype=np.float32),
+    )
     with pytest.raises(DimensionMismatch):
         store.upsert_chunks([bad])
     assert store.count_chunks() == 0
@@ -150,18 +168,40 @@ def test_wrong_dimension_is_refused(store: Store, embedder: CachedQueryEmbedder)
 def _event(user: str, i: int, dim: int, when: datetime) -> StoredEvent:
     v = np.zeros(dim, dtype=np.float32)
     v[i % dim] = 1.0
-    return StoredEvent(id=f"{user}-{i}", user_id=user, kind="open", weight=1.0, timestamp=when,
-                       item_id=None, text=f"event {i}", session_id=None, model_id="m", vector=v)
+    return StoredEvent(
+        id=f"{user}-{i}",
+        user_id=user,
+        kind="open",
+        weight=1.0,
+        timestamp=when,
+        item_id=None,
+        text=f"event {i}",
+        session_id=None,
+        model_id="m",
+        vector=v,
+    )
 
 
 def test_event_log_and_delete_user(store: Store, embedder: CachedQueryEmbedder) -> None:
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    store.append_events([_event("alice", i, embedder.dim, t0 + timedelta(hours=i))
-                         for i in range(5)])
+    store.append_events(
+        [_event("alice", i, embedder.dim, t0 + timedelta(hours=i)) for i in range(5)]
+    )
     store.append_events([_event("bob", 1, embedder.dim, t0)])
-    store.append_turns([StoredTurn(id="t1", user_id="alice", session_id="s", role="user",
-                                   text="hi", timestamp=t0, model_id="m",
-                                   vector=np.ones(embedder.dim, dtype=np.float32))])
+    store.append_turns(
+        [
+            StoredTurn(
+                id="t1",
+                user_id="alice",
+                session_id="s",
+                role="user",
+                text="hi",
+                timestamp=t0,
+                model_id="m",
+                vector=np.ones(embedder.dim, dtype=np.float32),
+            )
+        ]
+    )
     store.upsert_chunks(chunks_for(embedder, "note", ["alice note"], owner="alice"))
     events = store.read_events("alice")
     assert [e.id for e in events] == [f"alice-{i}" for i in range(5)]
@@ -178,10 +218,13 @@ def test_event_log_and_delete_user(store: Store, embedder: CachedQueryEmbedder) 
     assert dict(store.delete_user("alice")) == {"events": 0, "turns": 0, "owned_chunks": 0}
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(user=st.text(min_size=1, max_size=30).filter(lambda s: "\x00" not in s))
-def test_hostile_user_ids_only_reach_their_own_rows(store: Store, embedder: CachedQueryEmbedder,
-                                                   user: str) -> None:
+def test_hostile_user_ids_only_reach_their_own_rows(
+    store: Store, embedder: CachedQueryEmbedder, user: str
+) -> None:
     """Ids are spliced into SQL filters: quotes and SQL fragments must stay literal."""
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     store.append_events([_event("victim", 0, embedder.dim, t0)])
@@ -200,7 +243,7 @@ def test_not_writable_directory(tmp_path: Path, embedder: CachedQueryEmbedder) -
         # root ignores permission bits; a file in place of the directory is refused for all
         blocker = tmp_path / "file"
         blocker.write_text("x")
-        with pytest.raises(StoreNotWritable, match="not a directory|Cannot create"):
+        with pytest.raises(StoreNotWritable, match=r"not a directory|Cannot create"):
             LanceDBStore(blocker / "store", model_id=embedder.model_id, dim=embedder.dim)
         return
     ro = tmp_path / "ro"
