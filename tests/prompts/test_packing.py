@@ -224,7 +224,7 @@ def test_empty_sections_have_no_header() -> None:
 def test_estimate_model_packs_with_the_estimate() -> None:
     packed = pack([make_result("a", sentences(3))], Budget("claude-3-5-sonnet", 500))
     assert packed.tokenizer == "estimate:claude-3-5-sonnet"
-    assert packed.token_count == math.ceil(len(packed.text.encode("utf-8")) / 3)
+    assert packed.token_count == math.ceil(1.3 * tokenizer_for("gpt-4").count(packed.text))
 
 
 # ---------------------------------------------------------------- near-duplicates
