@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -20,15 +20,21 @@ from typing import Any
 import numpy as np
 
 from pertinent.config import Settings
-from pertinent.embeddings import CachedQueryEmbedder, Embedder, SentenceTransformerEmbedder
-from pertinent.errors import EmptyQuery, InvalidInput, UnknownItem
-from pertinent.ingest import Chunker, to_documents
+from pertinent.embeddings import (
+    CachedQueryEmbedder,
+    Embedder,
+    SentenceTransformerEmbedder,
+    check_vector,
+)
+from pertinent.errors import EmptyQuery, InvalidInput, QueryTooLong, UnknownItem
+from pertinent.ingest import Chunker, normalize_acl, to_documents
 from pertinent.memory.profiles import ProfileView, UserProfile
 from pertinent.memory.sessions import SessionState, SessionView
 from pertinent.prompts.packing import pack
 from pertinent.prompts.tokenizers import tokenizer_for
 from pertinent.retrievers.pipeline import StageTimes, gather_candidates, rank
 from pertinent.retrievers.rerank import Reranker
+from pertinent.retrievers.rescoring import Candidate, minmax
 from pertinent.stores.base import SearchFilter, Store, StoredEvent, StoredTurn
 from pertinent.types import (
     Budget,
@@ -361,6 +367,90 @@ class Pertinent:
 
     # ------------------------------------------------------------------ retrieval
 
+    def _check_request(
+        self, query: str, user_id: str | None, session_id: str | None, top_k: int | None
+    ) -> int:
+        """Validate what every retrieval entry point takes; returns the effective top_k."""
+        if not isinstance(query, str) or not query.strip():
+            raise EmptyQuery("The query is empty; pass the user's question as text.")
+        if len(query) > _MAX_QUERY_CHARS:
+            raise QueryTooLong(
+                f"The query has {len(query)} characters; pass the question, not a document "
+                "(put conversation context in session turns)."
+            )
+        if user_id is not None:
+            _check_id(user_id, "user_id")
+        if session_id is not None:
+            _check_id(session_id, "session_id")
+            if user_id is None:
+                raise InvalidInput("session_id needs a user_id: sessions belong to a user.")
+        k = top_k if top_k is not None else self.settings.top_k
+        if not isinstance(k, int) or k <= 0:
+            raise InvalidInput(f"top_k must be a positive int, got {k!r}.")
+        return k
+
+    def personalize(
+        self,
+        query: str,
+        items: Sequence[Chunk],
+        *,
+        scores: Sequence[float] | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        top_k: int | None = None,
+        now: datetime | None = None,
+    ) -> list[Result]:
+        """Re-score candidates that came from elsewhere (another retriever, a search API)
+        with this user's profile and session, then MMR; the store is not searched.
+
+        `scores` are the source's relevance scores (any scale; min-max normalised into the
+        hybrid term); without them the query cosine is used. Items without a vector are
+        embedded here. This is what the LlamaIndex and LangChain re-rankers call.
+        """
+        k = self._check_request(query, user_id, session_id, top_k if top_k else len(items) or 1)
+        if scores is not None and len(scores) != len(items):
+            raise InvalidInput(f"{len(scores)} scores for {len(items)} items; pass one per item.")
+        if not items:
+            return []
+        qvec = self.embedder.embed_query(query)
+        missing = [i for i, c in enumerate(items) if c.vector is None]
+        new_vecs = self.embedder.embed_documents([items[i].text for i in missing])
+        vectors = [
+            np.asarray(c.vector, dtype=np.float32) if c.vector is not None else None for c in items
+        ]
+        for j, i in enumerate(missing):
+            vectors[i] = new_vecs[j]
+        matrix = np.stack(
+            [
+                check_vector(v, self.embedder.dim, f"item {items[i].id!r} vector")
+                for i, v in enumerate(vectors)
+            ]
+        )
+        cos = matrix @ qvec
+        base = np.asarray(scores, dtype=np.float64) if scores is not None else cos
+        if not np.all(np.isfinite(base)):
+            raise InvalidInput("scores contain NaN or infinity; pass finite relevance scores.")
+        hybrid = minmax(base)
+        candidates = [
+            Candidate(
+                chunk=replace(c, vector=matrix[i]),
+                bm25=0.0,
+                vector=float(cos[i]),
+                hybrid=float(hybrid[i]),
+                found_by=("input",),
+            )
+            for i, c in enumerate(items)
+        ]
+        return rank(
+            query,
+            candidates,
+            self.profile(user_id, now),
+            self.session(user_id, session_id),
+            self.settings,
+            top_k=k,
+            reranker=self.reranker,
+        )
+
     def search(
         self,
         query: str,
@@ -386,24 +476,7 @@ class Pertinent:
         exclude_ids: Sequence[str],
         now: datetime | None,
     ) -> tuple[list[Result], Vector]:
-        if not isinstance(query, str) or not query.strip():
-            raise EmptyQuery("The query is empty; pass the user's question as text.")
-        if len(query) > _MAX_QUERY_CHARS:
-            from pertinent.errors import QueryTooLong
-
-            raise QueryTooLong(
-                f"The query has {len(query)} characters; pass the question, not a document "
-                "(put conversation context in session turns)."
-            )
-        if user_id is not None:
-            _check_id(user_id, "user_id")
-        if session_id is not None:
-            _check_id(session_id, "session_id")
-            if user_id is None:
-                raise InvalidInput("session_id needs a user_id: sessions belong to a user.")
-        k = top_k if top_k is not None else self.settings.top_k
-        if k <= 0:
-            raise InvalidInput(f"top_k must be positive, got {k}.")
+        k = self._check_request(query, user_id, session_id, top_k)
         times = StageTimes()
         t0 = time.perf_counter()
         qvec = self.embedder.embed_query(query)
@@ -412,7 +485,7 @@ class Pertinent:
         session = self.session(user_id, session_id)
         where = SearchFilter(
             user_id=user_id,
-            principals=tuple(principals) + ((f"user:{user_id}",) if user_id else ()),
+            principals=normalize_acl(principals) + ((f"user:{user_id}",) if user_id else ()),
             exclude_ids=tuple(exclude_ids),
         )
         candidates = gather_candidates(

@@ -328,3 +328,32 @@ def test_store_directory_problems(tmp_path: Path, embedder: pertinent.CachedQuer
     f.write_text("not a directory")
     with pytest.raises(pertinent.StoreNotWritable):
         pertinent.open(f, embedder=embedder)
+
+
+def test_personalize_candidates_from_elsewhere(loaded: pertinent.Pertinent) -> None:
+    from pertinent import Chunk
+
+    items = [
+        Chunk(id=f"x{i}", doc_id=f"x{i}", text=t, position=0)
+        for i, t in enumerate([c["text"] for c in CORPUS])
+    ]
+    plain = loaded.personalize("how do retrievers work", items, scores=[1, 1, 1, 1, 1, 1])
+    assert len(plain) == len(items)
+    assert all(r.explain.found_by == ("input",) and r.explain.user_gate == 0 for r in plain)
+    li = loaded.search("LlamaIndex query engines node postprocessors")[0]
+    loaded.record("ola", [Event(kind="accept", item_id=li.id)] * 4)
+    mine = loaded.personalize(
+        "how do retrievers work", items, scores=[1, 1, 1, 1, 1, 1], user_id="ola", top_k=3
+    )
+    assert len(mine) == 3
+    assert mine[0].text == li.text  # equal source scores: the user's taste decides
+    with pytest.raises(pertinent.InvalidInput, match="one per item"):
+        loaded.personalize("q", items, scores=[1.0])
+    with pytest.raises(pertinent.InvalidInput, match="finite"):
+        loaded.personalize("q", items, scores=[float("nan")] * len(items))
+    assert loaded.personalize("q", []) == []
+
+
+def test_bad_principals(loaded: pertinent.Pertinent) -> None:
+    with pytest.raises(pertinent.InvalidInput, match="kind:value"):
+        loaded.search("keys", principals=["admin"])
