@@ -74,7 +74,14 @@ def main() -> int:
         default=1,
         help="torch threads for query embedding (pertinent's default is 1)",
     )
+    ap.add_argument("--busy", action="store_true",
+                    help="keep one core busy with another process (a server beside other work)")
     args = ap.parse_args()
+    burner = None
+    if args.busy:
+        import subprocess
+
+        burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     root = find_project_root(Path(__file__).parent)
     assert root is not None
     tmp = tempfile.mkdtemp(prefix="pertinent-bench-")
@@ -152,6 +159,8 @@ def main() -> int:
     for stage, xs in stage_ms.items():
         print(f"- {stage}: {statistics.median(xs):.2f} / {pct(xs, 95):.2f}")
     px.close()
+    if burner is not None:
+        burner.kill()
     return 0
 
 

@@ -13,31 +13,50 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pertinent.errors import PertinentError
+
+if TYPE_CHECKING:
+    import pertinent
 
 __all__ = ["main"]
 
 DEFAULT_DATA = "./pertinent-data"
 
 
+def _open(args: argparse.Namespace) -> pertinent.Pertinent:
+    """The store the command's options name: --data for the embedded store, or
+    --backend weaviate / --url for a cluster (options override PERTINENT_* env vars)."""
+    from pertinent.client import open as open_store
+
+    return open_store(
+        args.data,
+        backend=args.backend,
+        url=args.url,
+        api_key=args.api_key,
+        grpc_port=args.grpc_port,
+    )
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     import pertinent
 
-    with pertinent.open(args.data) as px:
+    with _open(args) as px:
         paths = [Path(p) for p in args.paths]
         for p in paths:
             if not p.exists():
                 raise pertinent.DocumentLoadError(f"{p} does not exist; pass a file or directory.")
         report = px.ingest(paths, acl=args.acl or (), owner=args.owner)
-        print(f"ingested {report.documents} documents as {report.chunks} chunks into {args.data}")
+        where = args.data if px.settings.backend == "lancedb" else px.settings.weaviate_url
+        print(f"ingested {report.documents} documents as {report.chunks} chunks into {where}")
     return 0
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
     import pertinent
 
-    with pertinent.open(args.data) as px:
+    with _open(args) as px:
         ctx = px.retrieve(
             args.query,
             user_id=args.user,
@@ -57,9 +76,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    import pertinent
-
-    with pertinent.open(args.data) as px:
+    with _open(args) as px:
         receipt = px.forget_user(args.user)
     print(f"forgot user {receipt.user_id!r} at {receipt.at.isoformat()}:")
     for kind, n in receipt.deleted.items():
@@ -89,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"store directory (env PERTINENT_PATH, default {default})",
         )
 
+    def backend_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--backend",
+            choices=["lancedb", "weaviate"],
+            help="store backend (env PERTINENT_BACKEND, default lancedb; --url implies weaviate)",
+        )
+        sp.add_argument("--url", help="Weaviate REST URL (env PERTINENT_WEAVIATE_URL)")
+        sp.add_argument("--api-key", help="Weaviate API key (env PERTINENT_WEAVIATE_API_KEY)")
+        sp.add_argument(
+            "--grpc-port", type=int, help="Weaviate gRPC port (env PERTINENT_WEAVIATE_GRPC_PORT)"
+        )
+
     d = sub.add_parser("demo", help="two users, one question, different answers")
     data_arg(d, "./pertinent-demo-data")
     d.add_argument("--root", help="project root whose README.md and docs/ are ingested")
@@ -99,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("ingest", help="ingest files or directories (.md, .txt, .rst)")
     data_arg(i)
+    backend_args(i)
     i.add_argument("paths", nargs="+")
     i.add_argument("--acl", action="append", help="principal allowed to read, e.g. role:support")
     i.add_argument("--owner", help="make the documents private to this user id")
@@ -106,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("ask", help="retrieve and pack context for a user")
     data_arg(a)
+    backend_args(a)
     a.add_argument("query")
     a.add_argument("--user", help="user id (personalizes; unknown users get plain search)")
     a.add_argument("--session", help="session id")
@@ -120,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("forget", help="delete everything a user owns")
     data_arg(f)
+    backend_args(f)
     f.add_argument("user")
     f.set_defaults(func=cmd_forget)
     return p

@@ -605,12 +605,42 @@ def open(
     settings: Settings | None = None,
     embedder: Embedder | None = None,
     reranker: Reranker | None = None,
+    backend: str | None = None,
+    url: str | None = None,
+    api_key: str | None = None,
+    grpc_port: int | None = None,
 ) -> Pertinent:
     """Open (or create) a store. The embedded default: LanceDB under `path` and the
-    bundled all-MiniLM-L6-v2 model; nothing is downloaded."""
+    bundled all-MiniLM-L6-v2 model; nothing is downloaded.
+
+    ``backend="weaviate"`` with `url` (and `api_key`, `grpc_port` when the cluster needs
+    them) puts the same data on a Weaviate cluster instead (docs/weaviate.md); a `url`
+    alone implies it. Arguments override `settings`, which read ``PERTINENT_*`` env vars.
+    """
+    from pydantic import SecretStr
+
+    from pertinent.errors import ConfigurationError
+
     s = settings or Settings()
+    update: dict[str, Any] = {}
     if path is not None:
-        s = s.model_copy(update={"path": Path(path)})
+        update["path"] = Path(path)
+    if backend is None and url is not None:
+        backend = "weaviate"
+    if backend is not None:
+        if backend not in ("lancedb", "weaviate"):
+            raise ConfigurationError(
+                f"Unknown backend {backend!r}; use 'lancedb' (embedded) or 'weaviate'."
+            )
+        update["backend"] = backend
+    if url is not None:
+        update["weaviate_url"] = url
+    if api_key is not None:
+        update["weaviate_api_key"] = SecretStr(api_key)
+    if grpc_port is not None:
+        update["weaviate_grpc_port"] = grpc_port
+    if update:
+        s = s.model_copy(update=update)
     emb: Embedder = embedder or SentenceTransformerEmbedder(
         s.embedding_model,
         batch_size=s.embedding_batch_size,
@@ -619,7 +649,22 @@ def open(
     )
     if s.query_cache_size > 0 and not isinstance(emb, CachedQueryEmbedder):
         emb = CachedQueryEmbedder(emb, s.query_cache_size)
-    from pertinent.stores.lancedb import LanceDBStore
+    store: Store
+    if s.backend == "weaviate":
+        from pertinent.stores.weaviate import WeaviateStore
 
-    store = LanceDBStore(s.path, model_id=emb.model_id, dim=emb.dim)
+        key = s.weaviate_api_key.get_secret_value() if s.weaviate_api_key else None
+        store = WeaviateStore(
+            s.weaviate_url,
+            model_id=emb.model_id,
+            dim=emb.dim,
+            api_key=key or None,
+            grpc_port=s.weaviate_grpc_port,
+            timeout_s=s.weaviate_timeout_s,
+            prefix=s.weaviate_collection_prefix,
+        )
+    else:
+        from pertinent.stores.lancedb import LanceDBStore
+
+        store = LanceDBStore(s.path, model_id=emb.model_id, dim=emb.dim)
     return Pertinent(store, emb, s, reranker=reranker)

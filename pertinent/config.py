@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["EventWeights", "ScoringWeights", "Settings"]
@@ -66,7 +66,18 @@ class Settings(BaseSettings):
     )
 
     path: Path = Path("./pertinent-data")
-    backend: Literal["lancedb"] = "lancedb"
+    backend: Literal["lancedb", "weaviate"] = "lancedb"
+
+    # Weaviate (backend="weaviate"; docs/weaviate.md)
+    weaviate_url: str = Field("http://localhost:8080", description="REST endpoint of the cluster")
+    weaviate_grpc_port: int = Field(50051, gt=0, lt=65536, description="gRPC port, same host")
+    weaviate_api_key: SecretStr | None = Field(None, description="API key (None: anonymous)")
+    weaviate_timeout_s: float = Field(
+        30.0, gt=0, description="deadline of every store call, retries included"
+    )
+    weaviate_collection_prefix: str = Field(
+        "Pertinent", description="collection names start with this (several stores per cluster)"
+    )
 
     # Embeddings
     embedding_model: str = Field(

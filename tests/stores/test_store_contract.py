@@ -1,8 +1,10 @@
-"""The `Store` contract, run on every backend (Weaviate joins the parameter list when
-its in-process fake exists)."""
+"""The `Store` contract, run on every backend: the embedded LanceDB store, Weaviate
+through the in-process fake (`fake_weaviate`), and a real Weaviate cluster when
+WEAVIATE_URL is set (marked `live`)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_weaviate import FakeWeaviate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,22 +26,93 @@ from pertinent.errors import (
 )
 from pertinent.stores.base import SearchFilter, Store, StoredEvent, StoredTurn
 from pertinent.stores.lancedb import LanceDBStore
+from pertinent.stores.weaviate import WeaviateStore
 from pertinent.types import Chunk
 
 StoreFactory = Callable[[Path], Store]
+ModelStoreFactory = Callable[[Path, str, int], Store]
 
 
 def _lancedb(path: Path, model_id: str, dim: int) -> Store:
     return LanceDBStore(path, model_id=model_id, dim=dim)
 
 
-@pytest.fixture(params=["lancedb"])
+def _prefix(path: Path) -> str:
+    """One set of collections per store path, so tests sharing a cluster never meet."""
+    return "T" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def weaviate_fake() -> Iterator[FakeWeaviate]:
+    with FakeWeaviate() as fake:
+        yield fake
+
+
+@pytest.fixture(
+    params=["lancedb", "weaviate", pytest.param("weaviate-live", marks=pytest.mark.live)]
+)
+def make_store_for_model(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[ModelStoreFactory]:
+    if request.param == "lancedb":
+        yield _lancedb
+        return
+    if request.param == "weaviate":
+        fake: FakeWeaviate = request.getfixturevalue("weaviate_fake")
+        url, grpc_port, api_key = fake.url, fake.grpc_port, None
+    else:
+        url = os.environ.get("WEAVIATE_URL", "")
+        if not url:
+            pytest.skip("set WEAVIATE_URL (and WEAVIATE_GRPC_PORT, WEAVIATE_API_KEY) to run")
+        grpc_port = int(os.environ.get("WEAVIATE_GRPC_PORT", "50051"))
+        api_key = os.environ.get("WEAVIATE_API_KEY")
+    prefixes: list[str] = []
+
+    def factory(path: Path, model_id: str, dim: int) -> Store:
+        prefixes.append(_prefix(path))
+        return WeaviateStore(
+            url,
+            model_id=model_id,
+            dim=dim,
+            api_key=api_key,
+            grpc_port=grpc_port,
+            prefix=_prefix(path),
+            timeout_s=20,
+        )
+
+    yield factory
+    if request.param == "weaviate-live":
+        _drop_collections(url, grpc_port, api_key, prefixes)
+
+
+def _drop_collections(url: str, grpc_port: int, api_key: str | None, prefixes: list[str]) -> None:
+    """Leave the live cluster as it was: drop the collections this test created."""
+    from urllib.parse import urlsplit
+
+    import weaviate
+
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    with weaviate.connect_to_custom(
+        http_host=parts.hostname or "",
+        http_port=parts.port or (443 if secure else 80),
+        http_secure=secure,
+        grpc_host=parts.hostname or "",
+        grpc_port=grpc_port,
+        grpc_secure=secure,
+        auth_credentials=api_key,
+        skip_init_checks=True,
+    ) as client:
+        for name in client.collections.list_all(simple=True):
+            if any(name.startswith(p) for p in prefixes):
+                client.collections.delete(name)
+
+
+@pytest.fixture
 def make_store(
-    request: pytest.FixtureRequest, embedder: CachedQueryEmbedder
+    make_store_for_model: ModelStoreFactory, embedder: CachedQueryEmbedder
 ) -> Callable[[Path], Store]:
-    factories = {"lancedb": _lancedb}
-    factory = factories[request.param]
-    return lambda path: factory(path, embedder.model_id, embedder.dim)
+    return lambda path: make_store_for_model(path, embedder.model_id, embedder.dim)
 
 
 @pytest.fixture
@@ -143,10 +217,12 @@ def test_persists_across_reopen(
     assert s2.hybrid_search("persisted", q, k=1, alpha=0.5, where=SearchFilter())[0].id == "d#0"
 
 
-def test_reopen_with_other_model_is_refused(tmp_path: Path, embedder: CachedQueryEmbedder) -> None:
-    LanceDBStore(tmp_path / "m", model_id=embedder.model_id, dim=embedder.dim).close()
+def test_reopen_with_other_model_is_refused(
+    tmp_path: Path, make_store_for_model: ModelStoreFactory, embedder: CachedQueryEmbedder
+) -> None:
+    make_store_for_model(tmp_path / "m", embedder.model_id, embedder.dim).close()
     with pytest.raises(EmbeddingModelMismatch, match="Open it with the same model"):
-        LanceDBStore(tmp_path / "m", model_id="other-model@768", dim=768)
+        make_store_for_model(tmp_path / "m", "other-model@768", 768)
 
 
 def test_wrong_dimension_is_refused(store: Store, embedder: CachedQueryEmbedder) -> None:
@@ -264,3 +340,44 @@ def test_corrupted_store_is_reported(tmp_path: Path, embedder: CachedQueryEmbedd
         LanceDBStore(path, model_id=embedder.model_id, dim=embedder.dim)
     # the chunk data itself was not touched by the failed open
     assert any((path / "chunks.lance" / "data").iterdir())
+
+
+def test_reingest_is_idempotent(store: Store, embedder: CachedQueryEmbedder) -> None:
+    texts = ["rotate the API keys monthly", "refunds take five business days"]
+    store.upsert_chunks(chunks_for(embedder, "d", texts))
+    q = embedder.embed_query("rotate keys")
+    before = store.hybrid_search("rotate keys", q, k=5, alpha=0.5, where=SearchFilter())
+    store.upsert_chunks(chunks_for(embedder, "d", texts))
+    after = store.hybrid_search("rotate keys", q, k=5, alpha=0.5, where=SearchFilter())
+    assert store.count_chunks() == 2
+    assert [h.id for h in after] == [h.id for h in before] == ["d#0", "d#1"]
+    assert [h.hybrid for h in after] == pytest.approx([h.hybrid for h in before])
+
+
+def test_every_search_returns_stored_vectors(store: Store, embedder: CachedQueryEmbedder) -> None:
+    chunks = chunks_for(embedder, "d", ["rotate the API keys", "capital gains tax"])
+    store.upsert_chunks(chunks)
+    q = embedder.embed_query("API keys")
+    stored = {c.id: c.vector for c in chunks}
+    for hits in (
+        store.vector_search(q, k=2, where=SearchFilter()),
+        store.keyword_search("keys", k=2, where=SearchFilter()),
+        store.hybrid_search("keys", q, k=2, alpha=0.5, where=SearchFilter()),
+    ):
+        assert hits
+        for h in hits:
+            assert h.chunk.vector is not None
+            np.testing.assert_allclose(h.chunk.vector, stored[h.id], atol=1e-6)
+    assert store.keyword_search("keys", k=2, where=SearchFilter())[0].bm25 > 0  # type: ignore[operator]
+
+
+def test_users_without_records_read_empty(store: Store, embedder: CachedQueryEmbedder) -> None:
+    """A user who never wrote anything (no tenant on Weaviate) is not an error."""
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert store.read_events("nobody") == []
+    assert store.read_turns("nobody", "s") == []
+    assert store.known_users() == []
+    assert dict(store.delete_user("nobody")) == {"events": 0, "turns": 0, "owned_chunks": 0}
+    store.append_events([_event("alice", 0, embedder.dim, t0)])
+    assert store.read_events("bob") == []
+    assert store.known_users() == ["alice"]
