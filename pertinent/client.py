@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,7 @@ from pertinent.errors import EmptyQuery, InvalidInput, QueryTooLong, UnknownItem
 from pertinent.ingest import Chunker, normalize_acl, to_documents
 from pertinent.memory.profiles import ProfileView, UserProfile
 from pertinent.memory.sessions import SessionState, SessionView
+from pertinent.privacy.redaction import Redactor
 from pertinent.prompts.packing import pack
 from pertinent.prompts.tokenizers import tokenizer_for
 from pertinent.retrievers.pipeline import StageTimes, gather_candidates, rank
@@ -97,8 +99,11 @@ class Pertinent:
         settings: Settings,
         *,
         reranker: Reranker | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.store = store
+        self.redactor = redactor
+        self.redaction_counts: Counter[str] = Counter()
         self.embedder = embedder
         self.settings = settings
         self.reranker = reranker
@@ -127,6 +132,15 @@ class Pertinent:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def _redact(self, text: str) -> str:
+        """User-owned text passes here before it is stored (and so before it can reach an
+        LLM through memory or history). Counts are kept; the removed values are not."""
+        if self.redactor is None:
+            return text
+        report = self.redactor.redact(text)
+        self.redaction_counts.update(report.counts)
+        return report.text
 
     def _lock(self, key: object) -> threading.Lock:
         with self._locks_guard:
@@ -157,7 +171,10 @@ class Pertinent:
         """
         if owner is not None:
             _check_id(owner, "owner")
-        documents = to_documents(docs, acl=acl, owner=owner, metadata=metadata)
+        documents = [
+            replace(d, text=self._redact(d.text)) if d.owner is not None else d
+            for d in to_documents(docs, acl=acl, owner=owner, metadata=metadata)
+        ]
         progress = self.settings.show_progress if show_progress is None else show_progress
         from tqdm.auto import tqdm
 
@@ -232,6 +249,15 @@ class Pertinent:
                 raise InvalidInput(
                     f"record() takes pertinent.Event objects, got {type(e).__name__}."
                 )
+        if self.redactor is not None:
+            redacted = []
+            for e in batch:
+                clean = self._redact(e.text) if e.text else e.text
+                redacted.append(replace(e, text=clean) if clean != e.text else e)
+            # A vector the caller computed from raw text would carry what was removed.
+            kept = {e.text for e in redacted}
+            text_vectors = {t: v for t, v in (text_vectors or {}).items() if t in kept}
+            batch = redacted
         item_ids = sorted({e.item_id for e in batch if e.item_id})
         items = {c.id: c for c in self.store.get_chunks(item_ids, user_id=user_id)}
         known = dict(text_vectors or {})
@@ -333,6 +359,9 @@ class Pertinent:
         _check_id(session_id, "session_id")
         if not text or not text.strip():
             raise InvalidInput("A turn needs non-empty text.")
+        clean = self._redact(text)
+        if clean != text:
+            text, vector = clean, None  # the raw text's vector would carry what was removed
         vec = vector if vector is not None else self.embedder.embed_documents([text])[0]
         state = self._session_state(user_id, session_id)
         with self._lock(("session", (user_id, session_id))):
@@ -605,6 +634,7 @@ def open(
     settings: Settings | None = None,
     embedder: Embedder | None = None,
     reranker: Reranker | None = None,
+    redactor: Redactor | None = None,
     backend: str | None = None,
     url: str | None = None,
     api_key: str | None = None,
@@ -616,6 +646,8 @@ def open(
     ``backend="weaviate"`` with `url` (and `api_key`, `grpc_port` when the cluster needs
     them) puts the same data on a Weaviate cluster instead (docs/weaviate.md); a `url`
     alone implies it. Arguments override `settings`, which read ``PERTINENT_*`` env vars.
+    `redactor` (or ``Settings(redact_pii=True)``) removes PII from user-owned text before
+    it is stored (docs/privacy.md).
     """
     from pydantic import SecretStr
 
@@ -667,4 +699,8 @@ def open(
         from pertinent.stores.lancedb import LanceDBStore
 
         store = LanceDBStore(s.path, model_id=emb.model_id, dim=emb.dim)
-    return Pertinent(store, emb, s, reranker=reranker)
+    if redactor is None and s.redact_pii:
+        from pertinent.privacy.redaction import PatternRedactor
+
+        redactor = PatternRedactor(kinds=s.pii_kinds)
+    return Pertinent(store, emb, s, reranker=reranker, redactor=redactor)

@@ -124,4 +124,9 @@ class Settings(BaseSettings):
     budget_tokens: int = Field(2000, gt=0)
     near_duplicate_cosine: float = Field(0.97, gt=0, le=1)
     min_partial_tokens: int = Field(40, ge=0, description="smallest cut passage worth including")
+    # Privacy
+    redact_pii: bool = Field(
+        False, description="redact PII from user-owned text before storing (extra 'pii')"
+    )
+    pii_kinds: tuple[str, ...] = ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "SECRET")
     show_progress: bool | None = Field(None, description="progress bars; None = only on a terminal")

@@ -1,0 +1,1 @@
+"""Privacy and governance: PII redaction (and, as they land, retention, consent, audit)."""
