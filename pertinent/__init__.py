@@ -10,12 +10,20 @@
 Only the names below are public; modules are implementation detail.
 """
 
-from pertinent.client import ForgetReceipt, IngestReport, Pertinent, open
+from pertinent.client import (
+    Consent,
+    ForgetReceipt,
+    IngestReport,
+    Pertinent,
+    RetentionReport,
+    open,
+)
 from pertinent.config import EventWeights, ScoringWeights, Settings
 from pertinent.embeddings import CachedQueryEmbedder, Embedder, SentenceTransformerEmbedder
 from pertinent.errors import (
     BudgetTooSmall,
     ConfigurationError,
+    ConsentWithheld,
     DimensionMismatch,
     DocumentLoadError,
     EmbeddingModelMismatch,
@@ -60,6 +68,8 @@ __all__ = [
     "Chunk",
     "Citation",
     "ConfigurationError",
+    "Consent",
+    "ConsentWithheld",
     "CrossEncoderReranker",
     "DimensionMismatch",
     "Document",
@@ -83,6 +93,7 @@ __all__ = [
     "QueryTooLong",
     "Reranker",
     "Result",
+    "RetentionReport",
     "ScoreBreakdown",
     "ScoringWeights",
     "SearchFilter",

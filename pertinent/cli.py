@@ -1,4 +1,4 @@
-"""The `pertinent` command: demo, ingest, ask, forget.
+"""The `pertinent` command: demo, ingest, ask, forget, retention.
 
 argparse rather than click/typer: four subcommands do not justify a dependency, and
 the CLI must start fast (model loading is deferred until a command needs it).
@@ -84,6 +84,39 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    import pertinent
+
+    update = {
+        k: v
+        for k, v in (
+            ("retention_events_days", args.events_days),
+            ("retention_turns_days", args.turns_days),
+        )
+        if v is not None
+    }
+    try:
+        now = datetime.fromisoformat(args.now) if args.now else None
+    except ValueError as exc:
+        raise pertinent.InvalidInput(
+            f"--now {args.now!r} is not an ISO 8601 time (e.g. 2026-11-26T12:00:00+00:00)."
+        ) from exc
+    with _open(args) as px:
+        if update:
+            px.settings = px.settings.model_copy(update=update)
+        report = px.apply_retention(now=now)
+    if not report.cutoffs:
+        print(
+            "no retention window is set (--events-days / --turns-days or "
+            "PERTINENT_RETENTION_EVENTS_DAYS / PERTINENT_RETENTION_TURNS_DAYS): nothing purged"
+        )
+    for log, n in report.deleted.items():
+        print(f"{log}: purged {n} rows older than {report.cutoffs[log].isoformat()}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pertinent.demo import run_demo
 
@@ -154,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     backend_args(f)
     f.add_argument("user")
     f.set_defaults(func=cmd_forget)
+
+    r = sub.add_parser("retention", help="purge events and session turns past their window")
+    r_sub = r.add_subparsers(dest="retention_command", required=True)
+    ra = r_sub.add_parser("apply", help="purge now (profiles are refolded from what remains)")
+    data_arg(ra)
+    backend_args(ra)
+    ra.add_argument("--events-days", type=float, help="keep events this many days")
+    ra.add_argument("--turns-days", type=float, help="keep session turns this many days")
+    ra.add_argument("--now", help="the clock to apply the windows at (ISO 8601; default now)")
+    ra.set_defaults(func=cmd_retention)
     return p
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,7 +27,13 @@ from pertinent.embeddings import (
     SentenceTransformerEmbedder,
     check_vector,
 )
-from pertinent.errors import EmptyQuery, InvalidInput, QueryTooLong, UnknownItem
+from pertinent.errors import (
+    ConsentWithheld,
+    EmptyQuery,
+    InvalidInput,
+    QueryTooLong,
+    UnknownItem,
+)
 from pertinent.ingest import Chunker, normalize_acl, to_documents
 from pertinent.memory.profiles import ProfileView, UserProfile
 from pertinent.memory.sessions import SessionState, SessionView
@@ -50,7 +56,7 @@ from pertinent.types import (
     utcnow,
 )
 
-__all__ = ["ForgetReceipt", "IngestReport", "Pertinent", "open"]
+__all__ = ["Consent", "ForgetReceipt", "IngestReport", "Pertinent", "RetentionReport", "open"]
 
 _NEGATIVE_KINDS = frozenset({"reject", "dislike", "skip"})
 _MAX_QUERY_CHARS = 100_000
@@ -75,6 +81,28 @@ class ForgetReceipt:
     @property
     def total(self) -> int:
         return sum(self.deleted.values())
+
+
+@dataclass(frozen=True)
+class Consent:
+    """What a user allows. Opting out of personalization makes every retrieval plain
+    hybrid search and stores no events or session turns; opting out of memory refuses
+    user-owned documents (the long-term memory)."""
+
+    personalization: bool = True
+    memory: bool = True
+
+
+@dataclass(frozen=True)
+class RetentionReport:
+    """What `apply_retention` purged: rows per log, the cut-off times, when."""
+
+    deleted: Mapping[str, int]
+    cutoffs: Mapping[str, datetime]
+    at: datetime
+
+
+_CONSENT_TTL_S = 5.0
 
 
 def _check_id(value: str | None, what: str) -> str:
@@ -104,6 +132,7 @@ class Pertinent:
         self.store = store
         self.redactor = redactor
         self.redaction_counts: Counter[str] = Counter()
+        self._consents: dict[str, tuple[float, Consent]] = {}
         self.embedder = embedder
         self.settings = settings
         self.reranker = reranker
@@ -132,6 +161,64 @@ class Pertinent:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    # ------------------------------------------------------------------ consent
+
+    def set_consent(
+        self, user_id: str, *, personalization: bool | None = None, memory: bool | None = None
+    ) -> Consent:
+        """Record what the user allows; persisted in the store, honoured by every path.
+
+        Opting out does not delete what is stored: call `forget_user` for that.
+        """
+        _check_id(user_id, "user_id")
+        current = self.consent(user_id)
+        new = Consent(
+            personalization=current.personalization if personalization is None else personalization,
+            memory=current.memory if memory is None else memory,
+        )
+        stored = dict(self.store.get_user_settings(user_id) or {})
+        stored["consent"] = {"personalization": new.personalization, "memory": new.memory}
+        self.store.put_user_settings(user_id, stored)
+        self._consents[user_id] = (time.monotonic(), new)
+        return new
+
+    def consent(self, user_id: str) -> Consent:
+        """The user's consent; cached for a few seconds so the hot path does not read the
+        store on every call (another process's change is seen within 5 s)."""
+        cached = self._consents.get(user_id)
+        if cached is not None and time.monotonic() - cached[0] < _CONSENT_TTL_S:
+            return cached[1]
+        raw = (self.store.get_user_settings(user_id) or {}).get("consent") or {}
+        value = Consent(
+            personalization=bool(raw.get("personalization", True)),
+            memory=bool(raw.get("memory", True)),
+        )
+        self._consents[user_id] = (time.monotonic(), value)
+        return value
+
+    # ------------------------------------------------------------------ retention
+
+    def apply_retention(self, now: datetime | None = None) -> RetentionReport:
+        """Purge events and session turns older than the configured windows
+        (`retention_events_days`, `retention_turns_days`; None keeps forever), then drop
+        cached profiles and sessions so they are refolded from what remains."""
+        at = as_utc(now) if now else utcnow()
+        windows = {
+            "events": self.settings.retention_events_days,
+            "turns": self.settings.retention_turns_days,
+        }
+        deleted: dict[str, int] = {}
+        cutoffs: dict[str, datetime] = {}
+        for log, days in windows.items():
+            if days is None:
+                continue
+            cutoffs[log] = at - timedelta(days=days)
+            deleted[log] = self.store.purge_before(log, cutoffs[log])
+        with self._locks_guard:
+            self._profiles.clear()
+            self._sessions.clear()
+        return RetentionReport(deleted=deleted, cutoffs=cutoffs, at=at)
 
     def _redact(self, text: str) -> str:
         """User-owned text passes here before it is stored (and so before it can reach an
@@ -171,6 +258,11 @@ class Pertinent:
         """
         if owner is not None:
             _check_id(owner, "owner")
+            if not self.consent(owner).memory:
+                raise ConsentWithheld(
+                    f"User {owner!r} opted out of long-term memory; their documents are not "
+                    "stored. Ingest without owner= for shared documents."
+                )
         documents = [
             replace(d, text=self._redact(d.text)) if d.owner is not None else d
             for d in to_documents(docs, acl=acl, owner=owner, metadata=metadata)
@@ -244,6 +336,13 @@ class Pertinent:
         batch = [events] if isinstance(events, Event) else list(events)
         if not batch:
             return 0
+        if not self.consent(user_id).personalization:
+            for e in batch:  # still validate, so callers learn of bad input either way
+                if not isinstance(e, Event):
+                    raise InvalidInput(
+                        f"record() takes pertinent.Event objects, got {type(e).__name__}."
+                    )
+            return 0  # opted out: nothing about this user is logged
         for e in batch:
             if not isinstance(e, Event):
                 raise InvalidInput(
@@ -332,6 +431,8 @@ class Pertinent:
         if user_id is None:
             return ProfileView(None, None, 0.0, 0.0, 0.0)
         _check_id(user_id, "user_id")
+        if not self.consent(user_id).personalization:
+            return ProfileView(None, None, 0.0, 0.0, 0.0)
         return self._user_profile(user_id).view(
             as_utc(now) if now else utcnow(), self.settings.confidence_n0
         )
@@ -352,13 +453,22 @@ class Pertinent:
             return state
 
     def add_turn(
-        self, user_id: str, session_id: str, role: str, text: str, *, vector: Vector | None = None
+        self,
+        user_id: str,
+        session_id: str,
+        role: str,
+        text: str,
+        *,
+        vector: Vector | None = None,
+        timestamp: datetime | None = None,
     ) -> None:
         """Add a conversation turn (the user's or the assistant's) to the session."""
         _check_id(user_id, "user_id")
         _check_id(session_id, "session_id")
         if not text or not text.strip():
             raise InvalidInput("A turn needs non-empty text.")
+        if not self.consent(user_id).personalization:
+            return  # opted out: the conversation is not kept
         clean = self._redact(text)
         if clean != text:
             text, vector = clean, None  # the raw text's vector would carry what was removed
@@ -373,7 +483,7 @@ class Pertinent:
                         session_id=session_id,
                         role=role,
                         text=text,
-                        timestamp=utcnow(),
+                        timestamp=as_utc(timestamp) if timestamp else utcnow(),
                         model_id=self.embedder.model_id,
                         vector=np.asarray(vec, dtype=np.float32),
                     )
@@ -382,7 +492,7 @@ class Pertinent:
             state.add(np.asarray(vec, dtype=np.float32))
 
     def session(self, user_id: str | None, session_id: str | None) -> SessionView:
-        if user_id is None or session_id is None:
+        if user_id is None or session_id is None or not self.consent(user_id).personalization:
             return SessionView(vector=None, gate=0.0, turns=0)
         return self._session_state(user_id, session_id).view(self.settings.session_n0)
 
@@ -614,6 +724,7 @@ class Pertinent:
         with self._lock(("user", user_id)):
             deleted = dict(self.store.delete_user(user_id))
             had_profile = self._profiles.pop(user_id, None) is not None
+            self._consents.pop(user_id, None)
             dropped = [k for k in self._sessions if k[0] == user_id]
             for k in dropped:
                 del self._sessions[k]

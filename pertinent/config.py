@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     near_duplicate_cosine: float = Field(0.97, gt=0, le=1)
     min_partial_tokens: int = Field(40, ge=0, description="smallest cut passage worth including")
     # Privacy
+    retention_events_days: float | None = Field(
+        None, gt=0, description="events older than this are purged by apply_retention"
+    )
+    retention_turns_days: float | None = Field(
+        None, gt=0, description="session turns older than this are purged by apply_retention"
+    )
     redact_pii: bool = Field(
         False, description="redact PII from user-owned text before storing (extra 'pii')"
     )

@@ -19,6 +19,7 @@ so the original traceback is kept.
     │   ├── UnknownItem
     │   ├── BudgetTooSmall
     │   └── DocumentLoadError
+    ├── ConsentWithheld
     ├── EmbeddingModelMismatch
     └── StoreError
         ├── StoreUnavailable
@@ -31,6 +32,7 @@ from __future__ import annotations
 __all__ = [
     "BudgetTooSmall",
     "ConfigurationError",
+    "ConsentWithheld",
     "DimensionMismatch",
     "DocumentLoadError",
     "EmbeddingModelMismatch",
@@ -113,6 +115,10 @@ class BudgetTooSmall(InvalidInput):
 
 class DocumentLoadError(InvalidInput):
     """A file given to ingest cannot be read as text."""
+
+
+class ConsentWithheld(PertinentError):
+    """The user opted out of what this call would store (e.g. long-term memory)."""
 
 
 class EmbeddingModelMismatch(PertinentError):

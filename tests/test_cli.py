@@ -71,3 +71,41 @@ def test_demo_runs_on_a_project_tree(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "sam (search engineer): packed" in out
     assert "top-5 overlap between the two users" in out
     assert "× gate" in out
+
+
+def test_retention_apply(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    import pertinent
+
+    data = tmp_path / "store"
+    now = datetime(2026, 11, 26, tzinfo=timezone.utc)
+    with pertinent.open(data) as px:
+        px.ingest({"id": "d", "text": "some shared text"}, show_progress=False)
+        px.record(
+            "u",
+            [
+                pertinent.Event(kind="open", item_id="d#0", timestamp=now - timedelta(days=d))
+                for d in (1, 50, 400)
+            ],
+        )
+    assert main(["retention", "apply", "--data", str(data)]) == 0
+    assert "nothing purged" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "retention",
+                "apply",
+                "--data",
+                str(data),
+                "--events-days",
+                "30",
+                "--now",
+                now.isoformat(),
+            ]
+        )
+        == 0
+    )
+    assert "events: purged 2 rows older than 2026-10-27" in capsys.readouterr().out
+    assert main(["retention", "apply", "--data", str(data), "--now", "yesterday"]) == 2
+    assert "not an ISO 8601 time" in capsys.readouterr().err

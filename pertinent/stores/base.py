@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pertinent.types import Chunk, Hit, Vector
 
@@ -115,6 +115,16 @@ class Store(Protocol):
     def read_turns(self, user_id: str, session_id: str) -> list[StoredTurn]: ...
 
     def known_users(self) -> list[str]: ...
+
+    def purge_before(self, log: str, cutoff: datetime) -> int:
+        """Retention: delete `events` or `turns` rows older than `cutoff`, all users."""
+        ...
+
+    def get_user_settings(self, user_id: str) -> dict[str, Any] | None:
+        """Per-user settings such as consent flags; None when never set."""
+        ...
+
+    def put_user_settings(self, user_id: str, settings: Mapping[str, Any]) -> None: ...
 
     def delete_user(self, user_id: str) -> Mapping[str, int]:
         """Delete every record the user owns; returns counts per kind. Idempotent."""

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,7 @@ class LanceDBStore:
         self._chunks = self._open_or_create("chunks", self._chunk_schema(), existing)
         self._events = self._open_or_create("events", self._event_schema(), existing)
         self._turns = self._open_or_create("turns", self._turn_schema(), existing)
+        self._users = self._open_or_create("users", self._user_schema(), existing)
         self._has_fts = any(ix.index_type == "FTS" for ix in self._chunks.list_indices())
 
     # ------------------------------------------------------------------ setup
@@ -232,6 +233,16 @@ class LanceDBStore:
 
                 table.create_index("user_id", config=BTree())
             return table
+
+    def _user_schema(self) -> Any:
+        pa = self._pa
+        return pa.schema(
+            [
+                pa.field("user_id", pa.string()),
+                pa.field("meta", pa.string()),
+                pa.field("updated", pa.timestamp("us", tz="UTC")),
+            ]
+        )
 
     def _vector_field(self) -> Any:
         pa = self._pa
@@ -636,16 +647,60 @@ class LanceDBStore:
                 ("turns", self._turns, f"user_id = {lit}"),
                 ("owned_chunks", self._chunks, f"owner = {lit}"),
             ):
-                n = int(table.count_rows(where))
-                if n:
-                    table.delete(where)
-                    with warnings.catch_warnings():
-                        # LanceDB warns that readers of old versions will fail: intended,
-                        # no version may keep the forgotten user's rows.
-                        warnings.simplefilter("ignore", UserWarning)
-                        table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
-                counts[name] = n
+                counts[name] = self._delete_and_scrub(table, where)
         return counts
+
+    def _delete_and_scrub(self, table: Any, where: str) -> int:
+        """Delete rows, then compact and drop every older table version and unreferenced
+        file, so neither time travel nor a stale data file keeps the deleted rows."""
+        n = int(table.count_rows(where))
+        if n:
+            table.delete(where)
+            with warnings.catch_warnings():
+                # LanceDB warns that readers of old versions will fail: intended.
+                warnings.simplefilter("ignore", UserWarning)
+                table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+        return n
+
+    def purge_before(self, log: str, cutoff: datetime) -> int:
+        """Delete log rows (`events` or `turns`) older than `cutoff`, for every user."""
+        table = {"events": self._events, "turns": self._turns}.get(log)
+        if table is None:
+            raise ValueError(f"unknown log {log!r}; expected 'events' or 'turns'")
+        ts = cutoff.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        with self._lock, self._errors("retention"):
+            return self._delete_and_scrub(
+                table, f"ts < arrow_cast('{ts}', 'Timestamp(Microsecond, Some(\"UTC\"))')"
+            )
+
+    def get_user_settings(self, user_id: str) -> dict[str, Any] | None:
+        with self._errors("read user settings"):
+            rows = (
+                self._users.search()
+                .where(f"user_id = {sql_literal(user_id)}")
+                .limit(1)
+                .to_arrow()
+                .to_pylist()
+            )
+        return json.loads(rows[0]["meta"]) if rows else None
+
+    def put_user_settings(self, user_id: str, settings: Mapping[str, Any]) -> None:
+        pa = self._pa
+        row = pa.table(
+            {
+                "user_id": [user_id],
+                "meta": [json.dumps(dict(settings), sort_keys=True)],
+                "updated": pa.array([datetime.now(timezone.utc)], pa.timestamp("us", tz="UTC")),
+            },
+            schema=self._user_schema(),
+        )
+        with self._lock, self._errors("write user settings"):
+            (
+                self._users.merge_insert("user_id")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute(row)
+            )
 
     def close(self) -> None:
         """Stop the search thread pool. LanceDB itself holds no connection or lock."""
