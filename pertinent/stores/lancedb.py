@@ -13,11 +13,15 @@ fusion as Weaviate's `relativeScoreFusion`, so that both backends rank alike.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import queue
+import random
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -39,6 +43,7 @@ from pertinent.types import Chunk, Hit, Vector
 
 __all__ = ["LanceDBStore", "sql_literal"]
 
+_log = logging.getLogger("pertinent.stores.lancedb")
 _SCHEMA_VERSION = "1"
 _FTS_REFRESH_ROWS = 2000
 # Every small append is a new data file and a new table version; reads slow down with
@@ -60,6 +65,60 @@ def sql_literal(value: str) -> str:
 
 def _in_list(values: Sequence[str]) -> str:
     return "(" + ", ".join(sql_literal(v) for v in values) + ")"
+
+
+def _is_contention(message: str) -> bool:
+    text = message.lower()
+    return "concurrent writer" in text or "commit conflict" in text or "retryable" in text
+
+
+class _GroupCommit:
+    """Coalesces appends from many threads into one LanceDB commit.
+
+    Every `add` is a table version; with eight threads appending one event each, commits
+    conflict and LanceDB gives up ("Too many concurrent writers", seen with 8 threads and
+    4 processes). Callers block until their rows are committed, so `record` still means
+    durable; what changes is that one commit carries every row that arrived meanwhile.
+    """
+
+    def __init__(self, name: str, write: Any, pa: Any) -> None:
+        self._write = write
+        self._pa = pa
+        self._queue: queue.SimpleQueue[tuple[Any, Future[None]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"pertinent-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, rows: Any) -> None:
+        done: Future[None] = Future()
+        self._queue.put((rows, done))
+        done.result()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while True:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                batch.append(nxt)
+            try:
+                self._write(self._pa.concat_tables([rows for rows, _ in batch]))
+            except BaseException as exc:
+                for _, fut in batch:
+                    fut.set_exception(exc)
+            else:
+                for _, fut in batch:
+                    fut.set_result(None)
+
+    def close(self) -> None:
+        self._queue.put(None)
 
 
 def _owner_clause(user_id: str | None) -> str:
@@ -134,6 +193,12 @@ class LanceDBStore:
         self._turns = self._open_or_create("turns", self._turn_schema(), existing)
         self._users = self._open_or_create("users", self._user_schema(), existing)
         self._has_fts = any(ix.index_type == "FTS" for ix in self._chunks.list_indices())
+        self._event_writer = _GroupCommit(
+            "events", lambda rows: self._append("events", self._events, rows), self._pa
+        )
+        self._turn_writer = _GroupCommit(
+            "turns", lambda rows: self._append("turns", self._turns, rows), self._pa
+        )
 
     # ------------------------------------------------------------------ setup
 
@@ -184,10 +249,16 @@ class LanceDBStore:
                 raise StoreNotWritable(
                     f"LanceDB store at {self.path} cannot be written ({what}): {msg}"
                 ) from exc
+            if _is_contention(msg):
+                raise StoreUnavailable(
+                    f"LanceDB store at {self.path} is busy ({what}): too many processes are "
+                    "writing at once and the commit kept conflicting. Nothing was written by "
+                    "this call; retry it, or route writes through fewer processes."
+                ) from exc
             raise StoreCorrupted(
                 f"LanceDB store at {self.path} failed during {what}: {msg}. If its files were "
                 "damaged, restore them from a backup or rebuild the store by re-ingesting into "
-                "a new directory (events can be exported with `pertinent export`)."
+                "a new directory."
             ) from exc
 
     def _check_meta(self, existing: set[str]) -> None:
@@ -533,8 +604,7 @@ class LanceDBStore:
             schema=self._event_schema(),
         )
         with self._errors("append events"):
-            self._events.add(table)
-            self._after_append("events", self._events)
+            self._event_writer.submit(table)
 
     def read_events(self, user_id: str) -> list[StoredEvent]:
         with self._errors("read events"):
@@ -588,15 +658,33 @@ class LanceDBStore:
             schema=self._turn_schema(),
         )
         with self._errors("append turns"):
-            self._turns.add(table)
-            self._after_append("turns", self._turns)
+            self._turn_writer.submit(table)
+
+    def _append(self, name: str, table: Any, rows: Any) -> None:
+        """One commit, retried with jittered backoff while other processes hold the
+        table: LanceDB's own retries give up under a burst of writers."""
+        for attempt in range(8):
+            try:
+                table.add(rows)
+                break
+            except (OSError, RuntimeError, ValueError) as exc:
+                if not _is_contention(str(exc)) or attempt == 7:
+                    raise
+                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+        self._after_append(name, table)
 
     def _after_append(self, name: str, table: Any) -> None:
         with self._lock:
             n = self._appends.get(name, 0) + 1
             self._appends[name] = n
         if n % _COMPACT_EVERY_APPENDS == 0:
-            table.optimize()
+            try:
+                table.optimize()
+            except (OSError, RuntimeError, ValueError) as exc:
+                # The rows are committed; a compaction that lost a race with another
+                # process only delays compaction. Failing the caller would make it retry
+                # and write its events twice.
+                _log.info("compaction of %s skipped: %s", name, exc)
 
     def read_turns(self, user_id: str, session_id: str) -> list[StoredTurn]:
         where = f"user_id = {sql_literal(user_id)} AND session_id = {sql_literal(session_id)}"
@@ -703,5 +791,8 @@ class LanceDBStore:
             )
 
     def close(self) -> None:
-        """Stop the search thread pool. LanceDB itself holds no connection or lock."""
+        """Stop the search pool and the log writers (after they commit what is queued).
+        LanceDB itself holds no connection or lock."""
         self._pool.shutdown(wait=False)
+        self._event_writer.close()
+        self._turn_writer.close()
