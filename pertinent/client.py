@@ -37,6 +37,7 @@ from pertinent.errors import (
 from pertinent.ingest import Chunker, normalize_acl, to_documents
 from pertinent.memory.profiles import ProfileView, UserProfile
 from pertinent.memory.sessions import SessionState, SessionView
+from pertinent.privacy.audit import AuditLog
 from pertinent.privacy.redaction import Redactor
 from pertinent.prompts.packing import pack
 from pertinent.prompts.tokenizers import tokenizer_for
@@ -133,6 +134,9 @@ class Pertinent:
         self.redactor = redactor
         self.redaction_counts: Counter[str] = Counter()
         self._consents: dict[str, tuple[float, Consent]] = {}
+        self.audit: AuditLog | None = None
+        if settings.audit_path is not None:
+            self.audit = AuditLog(settings.audit_path, include_query=settings.audit_include_query)
         self.embedder = embedder
         self.settings = settings
         self.reranker = reranker
@@ -215,10 +219,34 @@ class Pertinent:
                 continue
             cutoffs[log] = at - timedelta(days=days)
             deleted[log] = self.store.purge_before(log, cutoffs[log])
+        days = self.settings.retention_audit_days
+        if self.audit is not None and days is not None:
+            cutoffs["audit"] = at - timedelta(days=days)
+            deleted["audit"] = self.audit.purge_before(cutoffs["audit"])
         with self._locks_guard:
             self._profiles.clear()
             self._sessions.clear()
         return RetentionReport(deleted=deleted, cutoffs=cutoffs, at=at)
+
+    def _audit(
+        self,
+        query: str,
+        user_id: str | None,
+        session_id: str | None,
+        results: Sequence[Result],
+        packed: PackedContext | None = None,
+    ) -> None:
+        if self.audit is None:
+            return
+        self.audit.record_retrieval(
+            user_id=user_id,
+            session_id=session_id,
+            query=self._redact(query),
+            results=results,
+            model_id=self.embedder.model_id,
+            tokenizer=packed.tokenizer if packed else None,
+            token_count=packed.token_count if packed else None,
+        )
 
     def _redact(self, text: str) -> str:
         """User-owned text passes here before it is stored (and so before it can reach an
@@ -580,7 +608,7 @@ class Pertinent:
             )
             for i, c in enumerate(items)
         ]
-        return rank(
+        results = rank(
             query,
             candidates,
             self.profile(user_id, now),
@@ -589,6 +617,8 @@ class Pertinent:
             top_k=k,
             reranker=self.reranker,
         )
+        self._audit(query, user_id, session_id, results)
+        return results
 
     def search(
         self,
@@ -603,6 +633,7 @@ class Pertinent:
     ) -> list[Result]:
         """Ranked, explained results without packing or recording anything."""
         results, _ = self._search(query, user_id, session_id, principals, top_k, exclude_ids, now)
+        self._audit(query, user_id, session_id, results)
         return results
 
     def _search(
@@ -686,6 +717,7 @@ class Pertinent:
         )
         if self.last_times is not None:
             self.last_times.add("pack", t0)
+        self._audit(query, user_id, session_id, results, packed)
         if remember and user_id is not None:
             t0 = time.perf_counter()
             if session_id is not None:
@@ -734,6 +766,8 @@ class Pertinent:
             cleared.append("query_embeddings")
         deleted["cached_profile"] = int(had_profile)
         deleted["cached_sessions"] = len(dropped)
+        if self.audit is not None:
+            deleted["audit_entries"] = self.audit.forget(user_id)
         return ForgetReceipt(
             user_id=user_id, deleted=deleted, at=utcnow(), caches_cleared=tuple(cleared)
         )

@@ -125,6 +125,13 @@ class Settings(BaseSettings):
     near_duplicate_cosine: float = Field(0.97, gt=0, le=1)
     min_partial_tokens: int = Field(40, ge=0, description="smallest cut passage worth including")
     # Privacy
+    audit_path: Path | None = Field(
+        None, description="JSON-lines audit log of retrievals (None: no audit log)"
+    )
+    audit_include_query: bool = Field(False, description="write query texts into the audit log")
+    retention_audit_days: float | None = Field(
+        None, gt=0, description="audit entries older than this are purged by apply_retention"
+    )
     retention_events_days: float | None = Field(
         None, gt=0, description="events older than this are purged by apply_retention"
     )

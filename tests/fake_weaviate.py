@@ -12,7 +12,8 @@ something:
   on write when `autoTenantCreation` is on, and fail reads of a missing tenant with
   Weaviate's `tenant not found: "<name>"`;
 - filters: Equal, NotEqual, ContainsAny/All/None, And, Or, Not, on `_id` and on
-  properties that have a filterable index (`field` tokenization compares whole values);
+  properties that have a filterable index (`field` tokenization compares whole values),
+  and LessThan / GreaterThan (or equal) on date and number properties;
 - BM25 (k1, b from the schema, word tokenization: lowercase alphanumeric runs), exact
   cosine for vectors, and hybrid search with `relativeScoreFusion` exactly as
   Weaviate's `hybrid` package does it: each leg fetches max(100, limit) results, is
@@ -71,6 +72,12 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2
 _WORD = re.compile(r"[^\W_]+")
 _DATA_TYPES = {"text", "text[]", "int", "int[]", "number", "number[]", "boolean", "date", "uuid"}
 _Op = base_pb2.Filters.Operator
+_RANGE = {
+    _Op.OPERATOR_LESS_THAN,
+    _Op.OPERATOR_LESS_THAN_EQUAL,
+    _Op.OPERATOR_GREATER_THAN,
+    _Op.OPERATOR_GREATER_THAN_EQUAL,
+}
 
 
 class _Abort(Exception):
@@ -208,7 +215,9 @@ class FakeWeaviate:
         self._http = ThreadingHTTPServer(("127.0.0.1", self.http_port), handler)
         self._http.daemon_threads = True
         self.http_port = self._http.server_address[1]
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self._http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -271,6 +280,12 @@ class FakeWeaviate:
                 return []
             shard = coll.shards.get(tenant, {})
             return [dict(o.props, _id=o.uuid) for o in sorted(shard.values(), key=_by_order)]
+
+    def set_property(self, collection: str, prop: str, value: Any, tenant: str = "") -> None:
+        """Overwrite a property on every object of a collection (to fake older data)."""
+        with self._lock:
+            for o in self._collections[collection].shards.get(tenant, {}).values():
+                o.props[prop] = value
 
     def tenants(self, collection: str) -> list[str]:
         with self._lock:
@@ -874,6 +889,8 @@ class FakeWeaviate:
         if op == _Op.OPERATOR_NOT:
             return not all(self._match(coll, c, o) for c in f.filters)
         prop = f.target.property if f.HasField("target") else (f.on[0] if f.on else "")
+        if op in _RANGE:
+            return self._range(coll, f, o, prop)
         if prop == "_id":
             have: list[str] = [o.uuid]
             tokenization = "field"
@@ -924,6 +941,34 @@ class FakeWeaviate:
         if op == _Op.OPERATOR_CONTAINS_NONE:
             return not (want_set & have_set)
         raise _Abort(grpc.StatusCode.UNIMPLEMENTED, f"the fake does not implement operator {op}")
+
+    def _range(self, coll: _Collection, f: base_pb2.Filters, o: _Object, prop: str) -> bool:
+        """LessThan & co on date (RFC 3339 text) and number properties."""
+        spec = coll.props.get(prop)
+        if spec is None or not (spec.get("indexFilterable") or spec.get("indexRangeFilters")):
+            raise _Abort(
+                grpc.StatusCode.UNKNOWN,
+                f"Filtering by property '{prop}' requires inverted index",
+            )
+        dtype = spec["dataType"][0]
+        have = o.props.get(prop)
+        if have is None:
+            return False
+        if dtype == "date":
+            if not f.HasField("value_text"):
+                raise _Abort(grpc.StatusCode.UNKNOWN, f"date filter on {prop!r} needs text")
+            a, b = _instant(str(have)), _instant(f.value_text)
+        elif dtype in ("int", "number"):
+            a = float(have)
+            b = float(f.value_int if f.HasField("value_int") else f.value_number)
+        else:
+            raise _Abort(grpc.StatusCode.UNKNOWN, f"cannot compare {dtype} property {prop!r}")
+        return {
+            _Op.OPERATOR_LESS_THAN: a < b,
+            _Op.OPERATOR_LESS_THAN_EQUAL: a <= b,
+            _Op.OPERATOR_GREATER_THAN: a > b,
+            _Op.OPERATOR_GREATER_THAN_EQUAL: a >= b,
+        }[f.operator]
 
     def batch_delete(
         self, req: batch_delete_pb2.BatchDeleteRequest
@@ -991,6 +1036,15 @@ class FakeWeaviate:
             )
 
 
+def _instant(text: str) -> datetime:
+    """An RFC 3339 time (fraction up to 9 digits) as an aware datetime."""
+    if not _DATE.match(text):
+        raise _Abort(grpc.StatusCode.UNKNOWN, f"invalid date {text!r}")
+    frac = re.search(r"\.(\d+)", text)
+    when = datetime.fromisoformat(re.sub(r"\.\d+", "", text).replace("Z", "+00:00"))
+    return when.replace(microsecond=int((frac.group(1) + "000000")[:6]) if frac else 0)
+
+
 def _by_order(o: _Object) -> int:
     return o.order
 
@@ -1033,11 +1087,7 @@ def _coerce(name: str, dtype: str, value: Any) -> Any:
     if dtype == "date":
         if not isinstance(value, str) or not _DATE.match(value):
             raise bad()
-        frac = re.search(r"\.(\d+)", value)
-        text = re.sub(r"\.\d+", "", value).replace("Z", "+00:00")
-        when = datetime.fromisoformat(text)
-        micros = int((frac.group(1) + "000000")[:6]) if frac else 0
-        return when.replace(microsecond=micros).isoformat().replace("+00:00", "Z")
+        return _instant(value).isoformat().replace("+00:00", "Z")
     if dtype == "uuid":
         return str(uuid_lib.UUID(str(value)))
     return value

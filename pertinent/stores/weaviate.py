@@ -23,7 +23,7 @@ rather than through `collection.query`: the client retries UNAVAILABLE with slee
 timeout when a node is down. Here every store call has one deadline (`timeout_s`), and
 UNAVAILABLE / DEADLINE_EXCEEDED / HTTP 5xx are retried a bounded number of times with
 jittered exponential backoff inside it. Schema and tenant management use the client's
-public REST API. The requests target Weaviate >= 1.27 (the client's own minimum).
+public REST API. The requests target Weaviate >= 1.29 (the first with gRPC Aggregate).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from pertinent.errors import (
     ConfigurationError,
     DimensionMismatch,
     EmbeddingModelMismatch,
+    InvalidInput,
     MissingDependency,
     StoreCorrupted,
     StoreError,
@@ -65,6 +66,7 @@ __all__ = ["PartialWrite", "WeaviateStore", "tenant_for"]
 T = TypeVar("T")
 
 _SCHEMA_VERSION = "1"
+_MIN_VERSION = (1, 29, 0)  # gRPC Aggregate (count_chunks, delete_user's counts)
 _VECTOR = "default"
 _NAMESPACE = uuid.UUID("5b0f3c8e-4a57-4c1e-9d59-6f2f1d0b7a11")
 _SHARED_OWNER = "shared"  # owner_key of shared chunks; tenant names start with u- or h-
@@ -171,6 +173,7 @@ class _Names:
     events: str
     turns: str
     users: str
+    settings: str
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,7 @@ class WeaviateStore:
                 batch_delete_pb2,
                 batch_pb2,
                 search_get_pb2,
+                tenants_pb2,
             )
         except ImportError as exc:
             raise MissingDependency("weaviate-client", "weaviate") from exc
@@ -223,6 +227,7 @@ class WeaviateStore:
         self._pb_delete = batch_delete_pb2
         self._pb_batch = batch_pb2
         self._pb_search = search_get_pb2
+        self._pb_tenants = tenants_pb2
         from weaviate import exceptions as wexc
 
         self._wexc = wexc
@@ -252,6 +257,7 @@ class WeaviateStore:
             events=f"{prefix}Events",
             turns=f"{prefix}Turns",
             users=f"{prefix}Users",
+            settings=f"{prefix}Settings",
         )
         secure = parts.scheme == "https"
         port = parts.port or (443 if secure else 80)
@@ -276,6 +282,12 @@ class WeaviateStore:
 
         self._client = self._call("connect", connect)
         try:
+            version = self._client._connection._weaviate_version
+            if version.is_lower_than(*_MIN_VERSION):
+                raise ConfigurationError(
+                    f"Weaviate at {self.url} runs {version}; pertinent needs Weaviate >= "
+                    f"{'.'.join(map(str, _MIN_VERSION))} (gRPC aggregate). Upgrade the cluster."
+                )
             self._ensure_schema()
         except BaseException:
             self.close()
@@ -394,6 +406,15 @@ class WeaviateStore:
                 "properties": [prop("user_id"), prop("tenant", key=True)],
                 "vector_config": Configure.Vectors.self_provided(vector_index_config=flat),
             },
+            n.settings: {
+                "description": "pertinent: per-user settings such as consent",
+                "properties": [
+                    prop("user_id"),
+                    prop("settings"),
+                    prop("updated", DataType.DATE, filterable=True),
+                ],
+                "vector_config": Configure.Vectors.self_provided(vector_index_config=flat),
+            },
         }
         client = self._connected()
         created: set[str] = set()
@@ -444,6 +465,13 @@ class WeaviateStore:
             return
         props = self._props(reply.results[0])
         meta = json.loads(props.get("value") or "{}")
+        if meta.get("schema") != _SCHEMA_VERSION:
+            raise StoreCorrupted(
+                f"The Weaviate store at {self.url} (prefix {self._names.meta[:-4]!r}) has "
+                f"schema version {meta.get('schema')!r}; this pertinent reads version "
+                f"{_SCHEMA_VERSION!r}. Use the pertinent version that wrote it, or another "
+                "collection prefix."
+            )
         if meta.get("model_id") != self._model_id or meta.get("dim") != self._dim:
             raise EmbeddingModelMismatch(
                 f"The Weaviate store at {self.url} (collections {self._names.chunks}, …) was "
@@ -576,12 +604,14 @@ class WeaviateStore:
     # ------------------------------------------------------------------ wire helpers
 
     def _filter(self, prop: str, op: str, value: str | Sequence[str]) -> Any:
-        """A leaf filter: `op` is eq, ne or any (ContainsAny), on a property or `_id`."""
+        """A leaf filter: `op` is eq, ne, lt or any (ContainsAny), on a property or `_id`;
+        dates are compared as RFC 3339 text, as Weaviate takes them."""
         base = self._pb_base
         ops = {
             "eq": base.Filters.OPERATOR_EQUAL,
             "ne": base.Filters.OPERATOR_NOT_EQUAL,
             "any": base.Filters.OPERATOR_CONTAINS_ANY,
+            "lt": base.Filters.OPERATOR_LESS_THAN,
         }
         target = base.FilterTarget(property=prop)
         if isinstance(value, str):
@@ -1204,6 +1234,55 @@ class WeaviateStore:
                 self._props(r)["user_id"]
                 for r in self._scan("list users", self._names.users, ["user_id"], vectors=False)
             }
+        )
+
+    def purge_before(self, log: str, cutoff: datetime) -> int:
+        """Retention: delete `events` or `turns` older than `cutoff` in every user's tenant
+        (one TenantsGet, then one BatchDelete per tenant)."""
+        collection = {"events": self._names.events, "turns": self._names.turns}.get(log)
+        if collection is None:
+            raise InvalidInput(f"Unknown log {log!r}; expected 'events' or 'turns'.")
+        reply = self._grpc_call(
+            f"list the tenants of {log}",
+            "TenantsGet",
+            self._pb_tenants.TenantsGetRequest(collection=collection),
+        )
+        older = self._filter("ts", "lt", _rfc3339(cutoff))
+        return sum(
+            self._delete_where(f"purge {log}", collection, older, tenant=t.name)
+            for t in reply.tenants
+        )
+
+    def get_user_settings(self, user_id: str) -> dict[str, Any] | None:
+        reply = self._search(
+            "read user settings",
+            self._request(
+                self._names.settings,
+                limit=1,
+                props=["settings"],
+                vectors=False,
+                filters=self._filter("_id", "eq", _uid("settings", user_id)),
+            ),
+        )
+        if not reply.results:
+            return None
+        value: dict[str, Any] = json.loads(self._props(reply.results[0]).get("settings") or "{}")
+        return value
+
+    def put_user_settings(self, user_id: str, settings: Mapping[str, Any]) -> None:
+        props = {
+            "user_id": user_id,
+            "settings": json.dumps(dict(settings), sort_keys=True),
+            "updated": _rfc3339(datetime.now(timezone.utc)),
+        }
+        self._write(
+            "write user settings",
+            [
+                _Pending(
+                    f"settings of {user_id!r}",
+                    self._object(self._names.settings, _uid("settings", user_id), props),
+                )
+            ],
         )
 
     def delete_user(self, user_id: str) -> Mapping[str, int]:

@@ -99,8 +99,9 @@ def test_retention_off_by_default(px: pertinent.Pertinent) -> None:
 
 def test_forget_leaves_no_marker_or_vector_bytes_on_disk(loaded: pertinent.Pertinent) -> None:
     marker = "zqvmarker4417"
-    loaded.ingest({"id": "z-note", "text": f"{marker} private diary"}, owner="zoe",
-                  show_progress=False)
+    loaded.ingest(
+        {"id": "z-note", "text": f"{marker} private diary"}, owner="zoe", show_progress=False
+    )
     loaded.record("zoe", Event(kind="query", text=f"where did I put {marker}"))
     loaded.add_turn("zoe", "s", "user", f"remember {marker} for me")
     loaded.set_consent("zoe", memory=True)

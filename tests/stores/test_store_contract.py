@@ -51,9 +51,7 @@ def weaviate_fake() -> Iterator[FakeWeaviate]:
 @pytest.fixture(
     params=["lancedb", "weaviate", pytest.param("weaviate-live", marks=pytest.mark.live)]
 )
-def make_store_for_model(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[ModelStoreFactory]:
+def make_store_for_model(request: pytest.FixtureRequest) -> Iterator[ModelStoreFactory]:
     if request.param == "lancedb":
         yield _lancedb
         return
@@ -381,3 +379,22 @@ def test_users_without_records_read_empty(store: Store, embedder: CachedQueryEmb
     store.append_events([_event("alice", 0, embedder.dim, t0)])
     assert store.read_events("bob") == []
     assert store.known_users() == ["alice"]
+
+
+def test_purge_before_and_user_settings(store: Store, embedder: CachedQueryEmbedder) -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for user in ("alice", "Bob O'Neil"):
+        store.append_events(
+            [_event(user, i, embedder.dim, t0 + timedelta(days=i)) for i in range(4)]
+        )
+    assert store.purge_before("events", t0 + timedelta(days=2)) == 4  # days 0 and 1, both users
+    assert [e.id for e in store.read_events("alice")] == ["alice-2", "alice-3"]
+    assert store.purge_before("turns", t0) == 0
+    with pytest.raises(ValueError):
+        store.purge_before("chunks", t0)
+
+    assert store.get_user_settings("alice") is None
+    store.put_user_settings("alice", {"consent": {"personalization": False}})
+    store.put_user_settings("alice", {"consent": {"personalization": True}, "x": 1})
+    assert store.get_user_settings("alice") == {"consent": {"personalization": True}, "x": 1}
+    assert store.get_user_settings("Bob O'Neil") is None

@@ -185,6 +185,13 @@ def test_collections_written_by_something_else_are_refused(fake: FakeWeaviate) -
         open_store(fake)
 
 
+def test_a_store_of_another_schema_version_is_refused(fake: FakeWeaviate) -> None:
+    open_store(fake).close()
+    fake.set_property("PertinentMeta", "value", '{"dim": 8, "model_id": "m", "schema": "0"}')
+    with pytest.raises(StoreCorrupted, match="schema version '0'"):
+        open_store(fake)
+
+
 def test_invalid_settings_are_configuration_errors(fake: FakeWeaviate) -> None:
     with pytest.raises(ConfigurationError, match="not an http"):
         WeaviateStore("localhost:8080", model_id="m", dim=DIM)
@@ -192,6 +199,13 @@ def test_invalid_settings_are_configuration_errors(fake: FakeWeaviate) -> None:
         open_store(fake, prefix="lower-case")
     with pytest.raises(ConfigurationError, match="Unknown backend"):
         pertinent.open(backend="qdrant", embedder=object())
+
+
+def test_too_old_a_cluster_is_refused() -> None:
+    with FakeWeaviate(version="1.27.3") as fake:
+        with pytest.raises(ConfigurationError, match=r"runs 1\.27\.3; pertinent needs .* 1\.29"):
+            open_store(fake)
+        assert fake.rest_calls("POST", "/v1/schema") == []  # nothing was created
 
 
 def test_close_closes_the_client(fake: FakeWeaviate, embedder: CachedQueryEmbedder) -> None:

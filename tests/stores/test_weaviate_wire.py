@@ -75,6 +75,7 @@ def test_schema_bodies(fake: FakeWeaviate, store: WeaviateStore) -> None:
         "PertinentEvents",
         "PertinentTurns",
         "PertinentUsers",
+        "PertinentSettings",
     }
     for body in bodies.values():
         # self-provided vectors only: the cluster never vectorizes pertinent's objects
@@ -265,20 +266,30 @@ def test_ranking_matches_the_embedded_store(
 def test_calls_of_one_retrieve(fake: FakeWeaviate, embedder: CachedQueryEmbedder) -> None:
     """The steady state of `retrieve` for a known user in a session: one hybrid Search,
     one vector Search (the user-blended leg), then the turn and the query event, each one
-    BatchObjects. No REST call; the profile and session are read once per process."""
+    BatchObjects. No REST call; the profile and session are read once per process, the
+    user's consent at most every few seconds (a Search on PertinentSettings, left out of
+    the counts below because whether it falls in a given call depends on the clock)."""
+
+    def calls() -> list[tuple[str, str]]:
+        return [
+            (c.kind, c.method)
+            for c in fake.calls
+            if not (c.method == "Search" and c.message.collection == "PertinentSettings")
+        ]
+
     with pertinent.open(url=fake.url, grpc_port=fake.grpc_port, embedder=embedder) as px:
         px.ingest(CORPUS, show_progress=False)
         px.record("ana", [pertinent.Event(kind="open", item_id="keys#0")] * 3)
         fake.calls.clear()
         px.retrieve("rotate API keys", user_id="ana", session_id="s1")
-        first = [(c.kind, c.method) for c in fake.calls]
+        first = calls()
         fake.calls.clear()
         ctx = px.retrieve("how often do keys rotate?", user_id="ana", session_id="s1")
-        calls = [(c.kind, c.method) for c in fake.calls]
+        steady = calls()
         assert ctx.results and ctx.results[0].id == "keys#0"
 
-    assert Counter(calls) == {("grpc", "Search"): 2, ("grpc", "BatchObjects"): 2}
-    searches = fake.grpc_calls("Search")[-2:]
+    assert Counter(steady) == {("grpc", "Search"): 2, ("grpc", "BatchObjects"): 2}
+    searches = [s for s in fake.grpc_calls("Search") if s.collection != "PertinentSettings"]
     assert {s.HasField("hybrid_search") for s in searches} == {True, False}
     assert all(s.collection == "PertinentChunks" for s in searches)
     writes = fake.grpc_calls("BatchObjects")[-2:]
@@ -349,3 +360,17 @@ def test_alpha_zero_reaches_the_server_as_zero(version: str, embedder: CachedQue
     else:
         assert not h.use_alpha_param and h.alpha == 0.0
     assert [x.id for x in hits] == ["d#1"]  # the vector leg (bananas) did not take part
+
+
+def test_cli_retention_on_a_cluster(fake: FakeWeaviate, capsys: pytest.CaptureFixture[str]) -> None:
+    remote = ["--url", fake.url, "--grpc-port", str(fake.grpc_port)]
+    assert main(["ask", "rotate keys", "--user", "ana", "--session", "s1", *remote]) == 0
+    assert len(fake.objects("PertinentEvents", "u-ana")) == 1
+    later = "2100-01-01T00:00:00+00:00"
+    assert main(["retention", "apply", "--events-days", "1", "--now", later, *remote]) == 0
+    assert "events: purged 1 rows older than 2099-12-31" in capsys.readouterr().out
+    assert fake.objects("PertinentEvents", "u-ana") == []
+    assert len(fake.objects("PertinentTurns", "u-ana")) == 1  # no turns window was set
+    (purge,) = [d for d in fake.grpc_calls("BatchDelete") if d.collection == "PertinentEvents"]
+    assert purge.tenant == "u-ana"
+    assert flatten(purge.filters) == [("ts", "OPERATOR_LESS_THAN", ["2099-12-31T00:00:00.000000Z"])]
