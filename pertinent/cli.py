@@ -121,8 +121,112 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pertinent.demo import run_demo
 
     return run_demo(
-        data=Path(args.data), root=Path(args.root) if args.root else None, fresh=not args.keep
+        data=Path(args.data),
+        root=Path(args.root) if args.root else None,
+        fresh=not args.keep,
+        backend=args.backend,
+        url=args.url,
+        api_key=args.api_key,
+        grpc_port=args.grpc_port,
     )
+
+
+def _eval_common(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--data", required=True, help="the data set (a file or directory)")
+    sp.add_argument("--out", help="write the results as JSON to this file")
+    sp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting for this run, e.g. weights.user=2 (repeatable)",
+    )
+    sp.add_argument("--max-queries", type=int, help="only the first N queries (a quick look)")
+    sp.add_argument(
+        "--cache",
+        help="directory for cached document embeddings (default ~/.cache/pertinent/eval)",
+    )
+    sp.add_argument("--no-cache", action="store_true", help="embed every document again")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    sp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+
+
+def _eval_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run, for the results file."""
+    parts = ["pertinent", "eval", args.protocol, "--data", args.data]
+    parts += [f"--set {item}" for item in args.set]
+    if args.methods:
+        parts.append(f"--methods {args.methods}")
+    if args.max_queries:
+        parts.append(f"--max-queries {args.max_queries}")
+    if args.reranker:
+        parts.append(f"--reranker {args.reranker}")
+    return " ".join(parts)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from pertinent.eval.runner import parse_overrides, run_protocol
+
+    reranker = None
+    if args.reranker:
+        from pertinent.retrievers.rerank import CrossEncoderReranker
+
+        reranker = CrossEncoderReranker(args.reranker)
+    report = run_protocol(
+        args.protocol,
+        args.data,
+        overrides=parse_overrides(args.set),
+        methods=[m.strip() for m in args.methods.split(",")] if args.methods else None,
+        reranker=reranker,
+        max_queries=args.max_queries,
+        cache_dir=Path(args.cache) if args.cache else None,
+        use_cache=not args.no_cache,
+        progress=False if args.no_progress else None,
+        resamples=args.resamples,
+        seed=args.seed,
+        command=_eval_command(args),
+    )
+    markdown = args.format == "markdown"
+    print(f"{report.dataset}: {report.queries} queries, commit {report.commit}, {report.date}")
+    print(report.table(markdown=markdown))
+    if report.per_category:
+        print()
+        print(report.category_table(markdown=markdown))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import json
+
+    from pertinent.eval.runner import parse_overrides
+    from pertinent.eval.tune import parse_grid, tune
+
+    report = tune(
+        args.protocol,
+        args.data,
+        overrides=parse_overrides(args.set),
+        grid=parse_grid(args.grid),
+        rounds=args.rounds,
+        min_gain=args.min_gain,
+        max_queries=args.max_queries,
+        cache_dir=Path(args.cache) if args.cache else None,
+        use_cache=not args.no_cache,
+        progress=False if args.no_progress else None,
+        resamples=args.resamples,
+        seed=args.seed,
+        log=None if args.quiet else print,
+    )
+    print(report.summary())
+    if args.out:
+        Path(args.out).write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
+        print(f"\nwrote {args.out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="two users, one question, different answers")
     data_arg(d, "./pertinent-demo-data")
+    backend_args(d)
     d.add_argument("--root", help="project root whose README.md and docs/ are ingested")
     d.add_argument(
         "--keep", action="store_true", help="reuse the demo store instead of a fresh one"
@@ -197,6 +302,33 @@ def build_parser() -> argparse.ArgumentParser:
     ra.add_argument("--turns-days", type=float, help="keep session turns this many days")
     ra.add_argument("--now", help="the clock to apply the windows at (ISO 8601; default now)")
     ra.set_defaults(func=cmd_retention)
+
+    e = sub.add_parser("eval", help="measure every method on an evaluation data set")
+    e.add_argument("protocol", choices=["cranfield", "locomo", "movielens"])
+    _eval_common(e)
+    e.add_argument(
+        "--methods", help="comma-separated subset of bm25,vector,hybrid,personalized,..."
+    )
+    e.add_argument("--reranker", help="a saved sentence-transformers cross-encoder directory")
+    e.add_argument("--format", choices=["text", "markdown"], default="text")
+    e.set_defaults(func=cmd_eval)
+
+    t = sub.add_parser("tune", help="coordinate search over the scoring settings")
+    t.add_argument("protocol", choices=["movielens", "locomo"])
+    _eval_common(t)
+    t.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="replace or add one parameter's values in the grid (repeatable)",
+    )
+    t.add_argument("--rounds", type=int, default=2, help="passes over the parameters")
+    t.add_argument(
+        "--min-gain", type=float, default=0.01, help="relative gain needed to move (0.01 = 1%%)"
+    )
+    t.add_argument("--quiet", action="store_true", help="do not print every point tried")
+    t.set_defaults(func=cmd_tune)
     return p
 
 

@@ -14,6 +14,7 @@ import textwrap
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from pertinent.errors import ConfigurationError
 
@@ -49,8 +50,11 @@ def _short(text: str, width: int) -> str:
     return textwrap.shorten(" ".join(text.split()), width=width, placeholder="…")
 
 
-def run_demo(data: Path, root: Path | None = None, fresh: bool = True) -> int:
+def run_demo(data: Path, root: Path | None = None, fresh: bool = True, **store: Any) -> int:
+    """`store` takes `pertinent.open`'s backend options (backend, url, api_key, grpc_port);
+    on Weaviate the demo keeps to its own collections (prefix PertinentDemo)."""
     import pertinent
+    from pertinent.config import Settings
 
     root = root or find_project_root()
     if root is None:
@@ -60,9 +64,17 @@ def run_demo(data: Path, root: Path | None = None, fresh: bool = True) -> int:
         )
     if fresh and data.exists():
         shutil.rmtree(data)
-    print(f"pertinent demo: embedded store at {data} (LanceDB + all-MiniLM-L6-v2, offline)\n")
     t = time.perf_counter()
-    with pertinent.open(data) as px:
+    settings = Settings(weaviate_collection_prefix="PertinentDemo")
+    with pertinent.open(data, settings=settings, **store) as px:
+        if px.settings.backend == "weaviate":
+            where = f"Weaviate at {px.settings.weaviate_url}, collections PertinentDemo*"
+            if fresh:  # the cluster outlives the demo: the personas start over
+                for persona in PERSONAS:
+                    px.forget_user(persona.split()[0])
+        else:
+            where = f"embedded store at {data} (LanceDB)"
+        print(f"pertinent demo: {where} + all-MiniLM-L6-v2, offline\n")
         # Relative paths give stable, readable document ids ("docs/scoring.md").
         sources = [Path(os.path.relpath(root / "README.md")), Path(os.path.relpath(root / "docs"))]
         report = px.ingest(sources, show_progress=True)

@@ -734,6 +734,7 @@ class LanceDBStore:
                 ("events", self._events, f"user_id = {lit}"),
                 ("turns", self._turns, f"user_id = {lit}"),
                 ("owned_chunks", self._chunks, f"owner = {lit}"),
+                ("user_settings", self._users, f"user_id = {lit}"),
             ):
                 counts[name] = self._delete_and_scrub(table, where)
         return counts

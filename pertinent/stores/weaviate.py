@@ -1286,8 +1286,8 @@ class WeaviateStore:
         )
 
     def delete_user(self, user_id: str) -> Mapping[str, int]:
-        """Drop the user's tenants (events, turns), their owned chunks and their registry
-        entry. Counts are taken just before the tenants are dropped."""
+        """Drop the user's tenants (events, turns), their owned chunks, their settings
+        (consent) and their registry entry. Counts are taken just before the drops."""
         tenant = tenant_for(user_id)
         client = self._connected()
         counts: dict[str, int] = {}
@@ -1304,6 +1304,11 @@ class WeaviateStore:
             "delete owned chunks",
             self._names.chunks,
             self._filter("owner_key", "eq", tenant),
+        )
+        counts["user_settings"] = self._delete_where(
+            "delete user settings",
+            self._names.settings,
+            self._filter("_id", "eq", _uid("settings", user_id)),
         )
         self._delete_where(
             "delete user registry entry",

@@ -277,6 +277,8 @@ def test_event_log_and_delete_user(store: Store, embedder: CachedQueryEmbedder) 
         ]
     )
     store.upsert_chunks(chunks_for(embedder, "note", ["alice note"], owner="alice"))
+    store.put_user_settings("alice", {"consent": {"personalization": False}})
+    store.put_user_settings("bob", {"consent": {"memory": False}})
     events = store.read_events("alice")
     assert [e.id for e in events] == [f"alice-{i}" for i in range(5)]
     assert events[0].timestamp == t0
@@ -286,10 +288,17 @@ def test_event_log_and_delete_user(store: Store, embedder: CachedQueryEmbedder) 
     assert store.known_users() == ["alice", "bob"]
 
     counts = store.delete_user("alice")
-    assert dict(counts) == {"events": 5, "turns": 1, "owned_chunks": 1}
+    assert dict(counts) == {"events": 5, "turns": 1, "owned_chunks": 1, "user_settings": 1}
     assert store.read_events("alice") == []
+    assert store.get_user_settings("alice") is None
     assert [e.id for e in store.read_events("bob")] == ["bob-1"]
-    assert dict(store.delete_user("alice")) == {"events": 0, "turns": 0, "owned_chunks": 0}
+    assert store.get_user_settings("bob") == {"consent": {"memory": False}}
+    assert dict(store.delete_user("alice")) == {
+        "events": 0,
+        "turns": 0,
+        "owned_chunks": 0,
+        "user_settings": 0,
+    }
 
 
 @settings(
@@ -375,7 +384,12 @@ def test_users_without_records_read_empty(store: Store, embedder: CachedQueryEmb
     assert store.read_events("nobody") == []
     assert store.read_turns("nobody", "s") == []
     assert store.known_users() == []
-    assert dict(store.delete_user("nobody")) == {"events": 0, "turns": 0, "owned_chunks": 0}
+    assert dict(store.delete_user("nobody")) == {
+        "events": 0,
+        "turns": 0,
+        "owned_chunks": 0,
+        "user_settings": 0,
+    }
     store.append_events([_event("alice", 0, embedder.dim, t0)])
     assert store.read_events("bob") == []
     assert store.known_users() == ["alice"]

@@ -218,7 +218,12 @@ def test_forget_user_drops_the_users_tenants(
     store.append_events([_event("bob", 0, embedder.dim)])
     store.upsert_chunks(chunks(embedder, "note", ["alice's note"], owner="alice"))
     fake.calls.clear()
-    assert dict(store.delete_user("alice")) == {"events": 3, "turns": 0, "owned_chunks": 1}
+    assert dict(store.delete_user("alice")) == {
+        "events": 3,
+        "turns": 0,
+        "owned_chunks": 1,
+        "user_settings": 0,
+    }
     (drop,) = fake.rest_calls("DELETE", "/v1/schema/PertinentEvents/tenants")
     assert drop.body == ["u-alice"]
     assert fake.tenants("PertinentEvents") == ["u-bob"]
@@ -374,3 +379,30 @@ def test_cli_retention_on_a_cluster(fake: FakeWeaviate, capsys: pytest.CaptureFi
     (purge,) = [d for d in fake.grpc_calls("BatchDelete") if d.collection == "PertinentEvents"]
     assert purge.tenant == "u-ana"
     assert flatten(purge.filters) == [("ts", "OPERATOR_LESS_THAN", ["2099-12-31T00:00:00.000000Z"])]
+
+
+def test_cli_demo_on_a_cluster(
+    fake: FakeWeaviate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "proj"
+    (root / "docs").mkdir(parents=True)
+    (root / "README.md").write_text("# Proj\n\nA project about keeping and forgetting data.")
+    (root / "docs" / "privacy.md").write_text(
+        "# Privacy\n\nForget a user and delete their events, retention windows, isolation."
+    )
+    (root / "docs" / "scoring.md").write_text(
+        "# Scoring\n\nHybrid BM25 and vector fusion, decay half-life, MMR diversity."
+    )
+    demo = ["demo", "--root", str(root), "--data", str(tmp_path / "demo")]
+    remote = ["--backend", "weaviate", "--url", fake.url, "--grpc-port", str(fake.grpc_port)]
+    assert main([*demo, *remote]) == 0
+    out = capsys.readouterr().out
+    assert f"pertinent demo: Weaviate at {fake.url}" in out
+    assert "priya (privacy officer): packed" in out and "sam (search engineer): packed" in out
+    assert "top-5 overlap between the two users" in out and "× gate" in out
+    assert fake.tenants("PertinentDemoEvents") == ["u-priya", "u-sam"]
+    assert len(fake.objects("PertinentDemoChunks")) == 3
+    assert not (tmp_path / "demo").exists()  # nothing local
+    history = len(fake.objects("PertinentDemoEvents", "u-sam"))
+    assert main([*demo, *remote]) == 0  # a fresh run starts the personas over
+    assert len(fake.objects("PertinentDemoEvents", "u-sam")) == history
