@@ -24,10 +24,13 @@ so the original traceback is kept.
     └── StoreError
         ├── StoreUnavailable
         ├── StoreNotWritable
-        └── StoreCorrupted
+        ├── StoreCorrupted
+        └── PartialWrite
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 __all__ = [
     "BudgetTooSmall",
@@ -41,6 +44,7 @@ __all__ = [
     "InvalidVector",
     "MissingDependency",
     "NonFiniteVector",
+    "PartialWrite",
     "PertinentError",
     "QueryTooLong",
     "StoreCorrupted",
@@ -135,6 +139,16 @@ class StoreUnavailable(StoreError):
 
 class StoreNotWritable(StoreError):
     """The store's location exists but cannot be written (permissions, read-only disk)."""
+
+
+class PartialWrite(StoreError):
+    """The store did not write some objects of a batch (or went away mid-batch).
+    `failed` maps each id that was not written to the reason; every other object of the
+    call was written. Writes are idempotent: repeat the call to retry."""
+
+    def __init__(self, message: str, failed: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.failed = dict(failed)
 
 
 class StoreCorrupted(StoreError):

@@ -50,6 +50,7 @@ from pertinent.errors import (
     EmbeddingModelMismatch,
     InvalidInput,
     MissingDependency,
+    PartialWrite,
     StoreCorrupted,
     StoreError,
     StoreUnavailable,
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
     from weaviate import WeaviateClient
     from weaviate.proto.v1 import base_pb2, search_get_pb2
 
-__all__ = ["PartialWrite", "WeaviateStore", "tenant_for"]
+__all__ = ["WeaviateStore", "tenant_for"]
 
 T = TypeVar("T")
 
@@ -154,16 +155,6 @@ def _create(client: WeaviateClient, name: str, spec: Mapping[str, Any], _: float
 
 def _drop_tenant(client: WeaviateClient, collection: str, tenant: str, _: float) -> None:
     client.collections.use(collection).tenants.remove([tenant])
-
-
-class PartialWrite(StoreError):
-    """Weaviate did not write some objects of a batch (or the cluster went away
-    mid-batch). `failed` maps each id that was not written to the reason; every other
-    object of the call was written. Writes are idempotent: repeat the call to retry."""
-
-    def __init__(self, message: str, failed: Mapping[str, str]) -> None:
-        super().__init__(message)
-        self.failed = dict(failed)
 
 
 @dataclass(frozen=True)

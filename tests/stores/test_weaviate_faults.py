@@ -16,12 +16,13 @@ import pertinent
 from pertinent.embeddings import CachedQueryEmbedder
 from pertinent.errors import (
     ConfigurationError,
+    PartialWrite,
     StoreCorrupted,
     StoreError,
     StoreUnavailable,
 )
 from pertinent.stores.base import SearchFilter
-from pertinent.stores.weaviate import PartialWrite, WeaviateStore
+from pertinent.stores.weaviate import WeaviateStore
 from pertinent.types import Chunk
 
 DIM = 8
