@@ -31,7 +31,9 @@ from pertinent.errors import (
     ConsentWithheld,
     EmptyQuery,
     InvalidInput,
+    PartialWrite,
     QueryTooLong,
+    StoreUnavailable,
     UnknownItem,
 )
 from pertinent.ingest import Chunker, normalize_acl, to_documents
@@ -141,6 +143,8 @@ class Pertinent:
         self.settings = settings
         self.reranker = reranker
         self.last_times: StageTimes | None = None
+        # Why the last retrieval was served degraded (Settings.degraded_mode); () if not.
+        self.last_degraded: tuple[str, ...] = ()
         self._chunker = Chunker(
             embedder.count_tokens,
             chunk_tokens=min(settings.chunk_tokens, embedder.max_tokens - 2),
@@ -651,8 +655,17 @@ class Pertinent:
         t0 = time.perf_counter()
         qvec = self.embedder.embed_query(query)
         times.add("embed_query", t0)
-        profile = self.profile(user_id, now)
-        session = self.session(user_id, session_id)
+        degraded: list[str] = []
+        try:
+            profile = self.profile(user_id, now)
+            session = self.session(user_id, session_id)
+        except StoreUnavailable as exc:
+            if not self.settings.degraded_mode:
+                raise
+            # Declared, never silent: the caller sees why this answer is not personal.
+            degraded.append(f"not personalized: user state unavailable ({exc})")
+            profile = ProfileView(None, None, 0.0, 0.0, 0.0)
+            session = SessionView(vector=None, gate=0.0, turns=0)
         where = SearchFilter(
             user_id=user_id,
             principals=normalize_acl(principals) + ((f"user:{user_id}",) if user_id else ()),
@@ -672,6 +685,7 @@ class Pertinent:
             times=times,
         )
         self.last_times = times
+        self.last_degraded = tuple(degraded)
         return results, qvec
 
     def retrieve(
@@ -718,17 +732,26 @@ class Pertinent:
         if self.last_times is not None:
             self.last_times.add("pack", t0)
         self._audit(query, user_id, session_id, results, packed)
+        degraded = list(self.last_degraded)
         if remember and user_id is not None:
             t0 = time.perf_counter()
-            if session_id is not None:
-                self.add_turn(user_id, session_id, "user", query, vector=qvec)
-            self.record(
-                user_id,
-                Event(kind="query", text=query, session_id=session_id, timestamp=now),
-                text_vectors={query: qvec},
-            )
+            try:
+                if session_id is not None:
+                    self.add_turn(user_id, session_id, "user", query, vector=qvec)
+                self.record(
+                    user_id,
+                    Event(kind="query", text=query, session_id=session_id, timestamp=now),
+                    text_vectors={query: qvec},
+                )
+            except (StoreUnavailable, PartialWrite) as exc:
+                if not self.settings.degraded_mode:
+                    raise
+                degraded.append(f"not remembered: the turn could not be stored ({exc})")
             if self.last_times is not None:
                 self.last_times.add("remember", t0)
+        if degraded:
+            packed = replace(packed, degraded=tuple(degraded))
+            self.last_degraded = tuple(degraded)
         return packed
 
     # ------------------------------------------------------------------ async
@@ -840,6 +863,10 @@ def open(
             timeout_s=s.weaviate_timeout_s,
             prefix=s.weaviate_collection_prefix,
         )
+        from pertinent.stores.resilience import CircuitBreaker, ResilientStore
+
+        breaker = CircuitBreaker(threshold=s.breaker_threshold, reset_after=s.breaker_reset_s)
+        store = ResilientStore(store, breaker, name=f"Weaviate at {s.weaviate_url}")
     else:
         from pertinent.stores.lancedb import LanceDBStore
 

@@ -124,6 +124,17 @@ class Settings(BaseSettings):
     budget_tokens: int = Field(2000, gt=0)
     near_duplicate_cosine: float = Field(0.97, gt=0, le=1)
     min_partial_tokens: int = Field(40, ge=0, description="smallest cut passage worth including")
+    # Faults
+    degraded_mode: bool = Field(
+        False,
+        description="when user state cannot be read or written, serve plain results and say so "
+        "in PackedContext.degraded instead of raising",
+    )
+    breaker_threshold: int = Field(3, gt=0, description="failed calls before a cluster is down")
+    breaker_reset_s: float = Field(
+        10.0, gt=0, description="seconds before a down cluster is retried"
+    )
+
     # Privacy
     audit_path: Path | None = Field(
         None, description="JSON-lines audit log of retrievals (None: no audit log)"

@@ -170,6 +170,10 @@ class ScoreBreakdown:
     / (w_hybrid + w_user·user_gate + w_session·session_gate)`, optionally mixed with
     `rerank`, then MMR picks the order; `mmr` is the score MMR selected it with.
     All of `hybrid`, `user`, `session` lie in [0, 1], so `final` does too.
+
+    Long-term memory results (`pertinent.memory.longterm`) also carry `recency` (the
+    age prior, in [0, 1]) and `priors`: their other named terms in [0, 1] (``neighbour``,
+    ``speaker``, ``date``); for document results both stay at their defaults.
     """
 
     bm25: float
@@ -185,6 +189,14 @@ class ScoreBreakdown:
     final: float
     mmr: float
     found_by: tuple[str, ...]
+    recency: float = 0.0
+    priors: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        # `as_dict` gives `priors` as a dict; accept it back so a breakdown round-trips.
+        if not isinstance(self.priors, tuple) or not all(isinstance(p, tuple) for p in self.priors):
+            items = self.priors.items() if isinstance(self.priors, Mapping) else self.priors
+            object.__setattr__(self, "priors", tuple((str(k), float(v)) for k, v in items))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -201,6 +213,8 @@ class ScoreBreakdown:
             "final": self.final,
             "mmr": self.mmr,
             "found_by": list(self.found_by),
+            "recency": self.recency,
+            "priors": dict(self.priors),
         }
 
     def __str__(self) -> str:
@@ -270,7 +284,8 @@ class PackedContext:
     """What to put in the prompt, and its accounting.
 
     `token_count` is the exact count of `text` with the budget model's tokenizer and is
-    never above `budget.max_tokens`. `sections` gives tokens per section.
+    never above `budget.max_tokens`. `sections` gives tokens per section. `degraded`
+    says why the context is less than usual (only with `Settings.degraded_mode`).
     """
 
     text: str
@@ -281,3 +296,4 @@ class PackedContext:
     sections: Mapping[str, int]
     skipped: Mapping[str, int]
     tokenizer: str
+    degraded: tuple[str, ...] = ()

@@ -105,8 +105,9 @@ class Call:
 class Fault:
     """Misbehaviour for calls whose target matches `target`.
 
-    `target` is a gRPC method name ("Search", "BatchObjects", …) or a REST call written
-    "VERB /path-prefix" ("GET /v1/meta", "POST /v1/schema"). The first `skip` matching
+    `target` is a gRPC method name ("Search", "BatchObjects", …), optionally with a
+    collection ("Search PertinentEvents"), or a REST call written "VERB /path-prefix"
+    ("GET /v1/meta", "POST /v1/schema"). The first `skip` matching
     calls pass; the next `times` ones wait `delay` seconds, then fail with `code`
     (gRPC) or `http_status` (REST); with neither they are served after the delay.
     """
@@ -121,7 +122,9 @@ class Fault:
     seen: int = 0
 
     def matches(self, target: str) -> bool:
-        if self.target == target:
+        """gRPC calls are offered as "Method Collection": a fault on "Search" hits every
+        search, one on "Search PertinentEvents" only that collection's."""
+        if self.target == target or target.startswith(self.target + " "):
             return True
         return " " in self.target and target.startswith(self.target)
 
@@ -1133,7 +1136,8 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
         copy = type(request)()
         copy.CopyFrom(request)
         fake.calls.append(Call("grpc", method, message=copy, metadata=metadata))
-        fault = fake._fault_for(method)
+        collection = getattr(request, "collection", "")
+        fault = fake._fault_for(f"{method} {collection}" if collection else method)
         if fault is not None:
             fake._sleep(fault.delay)
             if fault.code is not None:

@@ -22,6 +22,7 @@ from pertinent.errors import (
     StoreUnavailable,
 )
 from pertinent.stores.base import SearchFilter
+from pertinent.stores.resilience import ResilientStore
 from pertinent.stores.weaviate import WeaviateStore
 from pertinent.types import Chunk
 
@@ -211,7 +212,8 @@ def test_too_old_a_cluster_is_refused() -> None:
 
 def test_close_closes_the_client(fake: FakeWeaviate, embedder: CachedQueryEmbedder) -> None:
     with pertinent.open(url=fake.url, grpc_port=fake.grpc_port, embedder=embedder) as px:
-        store = px.store
+        assert isinstance(px.store, ResilientStore)  # the circuit breaker wraps the cluster
+        store = px.store.inner
         assert isinstance(store, WeaviateStore)
         assert store.count_chunks() == 0
     with pytest.raises(StoreError, match="is closed"):

@@ -22,6 +22,7 @@ from pertinent.cli import main
 from pertinent.embeddings import CachedQueryEmbedder
 from pertinent.stores.base import SearchFilter, StoredEvent
 from pertinent.stores.lancedb import LanceDBStore
+from pertinent.stores.resilience import ResilientStore
 from pertinent.stores.weaviate import WeaviateStore, tenant_for
 from pertinent.types import Chunk
 
@@ -317,7 +318,8 @@ def test_settings_from_env_select_weaviate(
     monkeypatch.setenv("PERTINENT_WEAVIATE_GRPC_PORT", str(fake.grpc_port))
     monkeypatch.setenv("PERTINENT_WEAVIATE_COLLECTION_PREFIX", "Env")
     with pertinent.open(embedder=embedder) as px:
-        assert isinstance(px.store, WeaviateStore)
+        assert isinstance(px.store, ResilientStore)
+        assert isinstance(px.store.inner, WeaviateStore)
         px.ingest("Refunds take five business days.", show_progress=False)
     assert "EnvChunks" in fake.collection_names()
     assert len(fake.objects("EnvChunks")) == 1
