@@ -56,6 +56,7 @@ from pertinent.types import (
     Turn,
     Vector,
     as_utc,
+    check_text,
     utcnow,
 )
 
@@ -113,7 +114,7 @@ def _check_id(value: str | None, what: str) -> str:
         raise InvalidInput(f"{what} must be a non-empty string, got {value!r}.")
     if "\x00" in value:
         raise InvalidInput(f"{what} may not contain NUL characters.")
-    return value
+    return check_text(value, what)
 
 
 class Pertinent:
@@ -497,8 +498,9 @@ class Pertinent:
         """Add a conversation turn (the user's or the assistant's) to the session."""
         _check_id(user_id, "user_id")
         _check_id(session_id, "session_id")
-        if not text or not text.strip():
+        if not isinstance(text, str) or not text.strip():
             raise InvalidInput("A turn needs non-empty text.")
+        check_text(text, "The turn")
         if not self.consent(user_id).personalization:
             return  # opted out: the conversation is not kept
         clean = self._redact(text)
@@ -544,6 +546,7 @@ class Pertinent:
         """Validate what every retrieval entry point takes; returns the effective top_k."""
         if not isinstance(query, str) or not query.strip():
             raise EmptyQuery("The query is empty; pass the user's question as text.")
+        check_text(query, "The query")
         if len(query) > _MAX_QUERY_CHARS:
             raise QueryTooLong(
                 f"The query has {len(query)} characters; pass the question, not a document "
@@ -634,11 +637,39 @@ class Pertinent:
         top_k: int | None = None,
         exclude_ids: Sequence[str] = (),
         now: datetime | None = None,
+        remember: bool = False,
     ) -> list[Result]:
-        """Ranked, explained results without packing or recording anything."""
-        results, _ = self._search(query, user_id, session_id, principals, top_k, exclude_ids, now)
+        """Ranked, explained results without packing. With `remember`, the query is
+        recorded as the user's `query` event (not as a session turn: a tool's search is
+        not something the user said)."""
+        results, qvec = self._search(
+            query, user_id, session_id, principals, top_k, exclude_ids, now
+        )
         self._audit(query, user_id, session_id, results)
+        if remember and user_id is not None:
+            self.record(
+                user_id,
+                Event(kind="query", text=query, session_id=session_id, timestamp=now),
+                text_vectors={query: qvec},
+            )
         return results
+
+    def fit(self, results: Sequence[Result], budget: Budget) -> list[Result]:
+        """The results whose passages fit `budget` whole, in rank order: the packer's
+        choice (near-duplicates skipped, exact token counts) with cutting disabled, for
+        frameworks that show each passage as a unit (nodes, documents)."""
+        packed = pack(
+            results,
+            budget,
+            near_duplicate_cosine=self.settings.near_duplicate_cosine,
+            min_partial_tokens=budget.max_tokens + 1,
+            tokenizer=tokenizer_for(budget.model),
+        )
+        kept = {c.chunk_id for c in packed.citations}
+        return [r for r in results if r.id in kept]
+
+    async def apersonalize(self, query: str, items: Sequence[Chunk], **kwargs: Any) -> list[Result]:
+        return await asyncio.to_thread(lambda: self.personalize(query, items, **kwargs))
 
     def _search(
         self,

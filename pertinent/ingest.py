@@ -32,7 +32,7 @@ from typing import Any, TypeAlias
 from semchunk.semchunk import chunk as semchunk_chunk
 
 from pertinent.errors import DocumentLoadError, InvalidInput
-from pertinent.types import Chunk, Document
+from pertinent.types import Chunk, Document, check_text
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
@@ -337,7 +337,7 @@ def _text_id(text: str) -> str:
 def _check_text(text: str, where: str) -> str:
     if not text.strip():
         raise InvalidInput(f"{where} has empty text; there is nothing to index.")
-    return text
+    return check_text(text, where)
 
 
 def _check_owner(owner: object, where: str) -> str | None:

@@ -49,6 +49,20 @@ EVENT_KINDS: tuple[str, ...] = (
 )
 
 
+def check_text(text: str, what: str) -> str:
+    """Refuse text that is not valid Unicode (lone surrogates, e.g. from a bad decode):
+    tokenizers and the store's UTF-8 columns cannot hold it, and failing later would
+    leave a half-written batch."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"{what} contains characters that are not valid Unicode (position {exc.start}); "
+            "decode your input with errors='replace' or fix its source."
+        ) from exc
+    return text
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -83,6 +97,8 @@ class Document:
             raise InvalidInput("Document.id must be a non-empty string.")
         if not isinstance(self.text, str):
             raise InvalidInput(f"Document {self.id!r}: text must be a str, got {type(self.text)}.")
+        check_text(self.id, "Document.id")
+        check_text(self.text, f"Document {self.id!r}")
         object.__setattr__(self, "acl", tuple(sorted(set(self.acl))))
 
 
@@ -120,7 +136,19 @@ class Event:
     session_id: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in EVENT_KINDS:
+        for name, value, types in (
+            ("item_id", self.item_id, (str,)),
+            ("text", self.text, (str,)),
+            ("session_id", self.session_id, (str,)),
+            ("weight", self.weight, (int, float)),
+            ("timestamp", self.timestamp, (datetime,)),
+        ):
+            if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+                raise InvalidInput(
+                    f"Event.{name} must be {' or '.join(t.__name__ for t in types)} or None, "
+                    f"got {type(value).__name__}."
+                )
+        if not isinstance(self.kind, str) or self.kind not in EVENT_KINDS:
             raise UnknownEventKind(
                 f"Unknown event kind {self.kind!r}. Use one of: {', '.join(EVENT_KINDS)}."
             )
@@ -128,6 +156,10 @@ class Event:
             raise InvalidInput(
                 f"A {self.kind!r} event needs an item_id (a chunk id) or a non-empty text."
             )
+        if self.text is not None:
+            check_text(self.text, "Event.text")
+        if self.item_id is not None:
+            check_text(self.item_id, "Event.item_id")
         if self.weight is not None and not math.isfinite(self.weight):
             raise InvalidInput(f"Event weight must be finite, got {self.weight}.")
         if self.timestamp is not None:

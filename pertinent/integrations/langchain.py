@@ -34,8 +34,7 @@ from typing import Any
 
 from pertinent.client import IngestReport, Pertinent
 from pertinent.errors import ConfigurationError, InvalidInput, MissingDependency
-from pertinent.prompts.packing import pack
-from pertinent.types import Budget, Chunk, Event, Result, ScoreBreakdown
+from pertinent.types import Budget, Chunk, Result, ScoreBreakdown
 
 try:
     from langchain_core.callbacks import (
@@ -69,6 +68,7 @@ __all__ = [
 ]
 
 BREAKDOWN_KEY = "score_breakdown"
+_CALL_ARGS = frozenset({"user_id", "session_id", "run_id", "verbose"})
 _ROLE_OF_TYPE = {"human": "user", "ai": "assistant", "system": "system"}
 
 
@@ -111,18 +111,7 @@ def _resolve(
 
 
 def _fit(results: list[Result], budget: Budget | None, client: Pertinent) -> list[Result]:
-    """The results whose passages fit `budget` whole, in rank order (the core's packer
-    decides, with cutting disabled: a document is a unit the chain shows as it is)."""
-    if budget is None:
-        return results
-    packed = pack(
-        results,
-        budget,
-        near_duplicate_cosine=client.settings.near_duplicate_cosine,
-        min_partial_tokens=budget.max_tokens + 1,
-    )
-    kept = {c.chunk_id for c in packed.citations}
-    return [r for r in results if r.id in kept]
+    return results if budget is None else client.fit(results, budget)
 
 
 def _to_document(result: Result) -> Document:
@@ -179,6 +168,12 @@ class PertinentRetriever(BaseRetriever):
         super().__init__(client=client, **data)
 
     def _identity(self, config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(kwargs) - _CALL_ARGS)
+        if unknown:
+            raise InvalidInput(
+                f"PertinentRetriever got unknown argument(s) {', '.join(unknown)}; per call it "
+                "takes user_id and session_id (plus LangChain's own run_id and verbose)."
+            )
         return {
             **kwargs,
             "user_id": _resolve(self.user_id, "user_id", config, kwargs.get("user_id")),
@@ -205,13 +200,8 @@ class PertinentRetriever(BaseRetriever):
             session_id=session_id,
             principals=self.principals,
             top_k=self.top_k,
+            remember=self.remember,
         )
-        if self.remember and user_id is not None:
-            self.client.record(
-                user_id,
-                Event(kind="query", text=query, session_id=session_id),
-                text_vectors={query: self.client.embedder.embed_query(query)},
-            )
         return [_to_document(r) for r in _fit(results, self.budget, self.client)]
 
     def _get_relevant_documents(
@@ -221,6 +211,7 @@ class PertinentRetriever(BaseRetriever):
         run_manager: CallbackManagerForRetrieverRun,
         user_id: str | None = None,
         session_id: str | None = None,
+        **langchain_kwargs: Any,  # e.g. verbose, which BaseRetriever passes on
     ) -> list[Document]:
         return self._search(query, user_id, session_id)
 
@@ -231,6 +222,7 @@ class PertinentRetriever(BaseRetriever):
         run_manager: AsyncCallbackManagerForRetrieverRun,
         user_id: str | None = None,
         session_id: str | None = None,
+        **langchain_kwargs: Any,  # e.g. verbose, which BaseRetriever passes on
     ) -> list[Document]:
         # The embedder and the store are blocking: search off the event loop.
         return await asyncio.to_thread(self._search, query, user_id, session_id)

@@ -99,18 +99,7 @@ def _check_client(client: object, what: str) -> None:
 
 
 def _fit(results: list[Result], budget: Budget | None, client: Pertinent) -> list[Result]:
-    """The results whose passages fit `budget` whole, in rank order (the core's packer
-    decides, with cutting disabled: a node is a unit the framework shows as it is)."""
-    if budget is None:
-        return results
-    packed = pack(
-        results,
-        budget,
-        near_duplicate_cosine=client.settings.near_duplicate_cosine,
-        min_partial_tokens=budget.max_tokens + 1,
-    )
-    kept = {c.chunk_id for c in packed.citations}
-    return [r for r in results if r.id in kept]
+    return results if budget is None else client.fit(results, budget)
 
 
 def _hide(node: BaseNode, keys: Iterable[str]) -> None:
@@ -204,13 +193,8 @@ class PertinentRetriever(BaseRetriever):
             session_id=self.session_id,
             principals=self.principals,
             top_k=self.top_k,
+            remember=self.remember,
         )
-        if self.remember and self.user_id is not None:
-            self.client.record(
-                self.user_id,
-                Event(kind="query", text=query, session_id=self.session_id),
-                text_vectors={query: self.client.embedder.embed_query(query)},
-            )
         return [_to_node(r) for r in _fit(results, self.budget, self.client)]
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
