@@ -6,7 +6,10 @@ ordinary vector store."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+from collections.abc import Iterator
 from operator import itemgetter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +21,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
-from langchain_core.runnables import ConfigurableFieldSpec, RunnablePassthrough
+from langchain_core.runnables import ConfigurableFieldSpec, Runnable, RunnablePassthrough
 from langchain_core.runnables.history import RunnableWithMessageHistory
 from langchain_core.tools import create_retriever_tool
 from langchain_core.vectorstores import InMemoryVectorStore
@@ -44,20 +47,33 @@ BOB_NOTE = "Bob's staging API keys live in the legacy keystore; he rotates them 
 KEYS_DOC = "Rotate API keys every 90 days from the admin console"
 
 
-@pytest.fixture
-def px(px: pertinent.Pertinent) -> pertinent.Pertinent:
-    """conftest's empty store, filled with the shared corpus plus one private note per
-    user in a single ingest (each ingest costs a LanceDB commit and an index refresh)."""
+@pytest.fixture(scope="module")
+def template(
+    tmp_path_factory: pytest.TempPathFactory, embedder: pertinent.CachedQueryEmbedder
+) -> Path:
+    """A store holding the shared corpus and one private note per user, written once per
+    module; each test gets its own copy (an ingest costs a second, a copy milliseconds)."""
+    path = tmp_path_factory.mktemp("template") / "store"
     notes = [
         {"id": "alice-note", "text": ALICE_NOTE, "owner": "alice"},
         {"id": "bob-note", "text": BOB_NOTE, "owner": "bob"},
     ]
-    px.ingest([*CORPUS, *notes], show_progress=False)
-    return px
+    with pertinent.open(path, embedder=embedder) as px:
+        px.ingest([*CORPUS, *notes], show_progress=False)
+    return path
+
+
+@pytest.fixture
+def px(
+    template: Path, tmp_path: Path, embedder: pertinent.CachedQueryEmbedder
+) -> Iterator[pertinent.Pertinent]:
+    shutil.copytree(template, tmp_path / "store")
+    with pertinent.open(tmp_path / "store", embedder=embedder) as px:
+        yield px
 
 
 def _llm() -> ChatOpenAI:
-    return ChatOpenAI(model="gpt-4o-mini", api_key="sk-test", base_url=BASE_URL)  # type: ignore[arg-type]
+    return ChatOpenAI(model="gpt-4o-mini", api_key="sk-test", base_url=BASE_URL)
 
 
 def _agent(px: pertinent.Pertinent) -> Any:
@@ -157,6 +173,9 @@ def test_tool_calling_agent_async(px: pertinent.Pertinent) -> None:
     ]
 
 
+# LangChain deprecated RunnableWithMessageHistory (for LangGraph persistence) in
+# langchain-core 1.x; it is still how an LCEL chain gets a BaseChatMessageHistory.
+@pytest.mark.filterwarnings("ignore:RunnableWithMessageHistory is deprecated")
 def test_lcel_chain_with_message_history(px: pertinent.Pertinent) -> None:
     retriever = PertinentRetriever(client=px)
     prompt = ChatPromptTemplate.from_messages(
@@ -181,7 +200,7 @@ def test_lcel_chain_with_message_history(px: pertinent.Pertinent) -> None:
         | StrOutputParser()
     )
     with_history = RunnableWithMessageHistory(
-        chain,  # type: ignore[arg-type]
+        chain,
         lambda user_id, session_id: PertinentChatMessageHistory(px, user_id, session_id),
         input_messages_key="question",
         history_messages_key="history",
@@ -236,7 +255,7 @@ def test_compressor_personalizes_another_retriever(px: pertinent.Pertinent) -> N
         base_retriever=store.as_retriever(search_kwargs={"k": 6}),
     )
     # In a chain, LangChain hands the run's config down: the compressor sees the user.
-    chain = RunnablePassthrough() | compressing
+    chain: Runnable[Any, list[Document]] = RunnablePassthrough() | compressing
     docs = chain.invoke(q, config=_config("ola", "c1"))
     assert len(docs) == 3 and docs[0].id == "li"
     b = score_breakdown(docs[0])
@@ -285,6 +304,9 @@ def test_retriever_is_the_core_search_as_documents(px: pertinent.Pertinent) -> N
     with pytest.raises(pertinent.InvalidInput, match="bound to user_id='alice'"):
         retriever.invoke(q, config=_config("bob", "x"))
     assert _query_events(px, "bob") == [q]  # the shared retriever remembers by default
+    assert shared.invoke(q, user_id="bob", verbose=True)[0].id == "keys#0"
+    with pytest.raises(pertinent.InvalidInput, match="unknown argument"):
+        shared.invoke(q, user="bob")
 
 
 def test_history_keeps_conversation_not_tool_traffic(px: pertinent.Pertinent) -> None:
