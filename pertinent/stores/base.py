@@ -28,13 +28,16 @@ class SearchFilter:
 
     A chunk is visible when (it is shared, or owned by `user_id`) and (its ACL is empty,
     or shares a principal with `principals`). `exclude_ids` removes chunks the caller
-    has already seen (e.g. items in a user's history).
+    has already seen (e.g. items in a user's history). `owned_only` drops the shared
+    chunks: only those owned by `user_id` remain (a user's long-term memory), and with no
+    `user_id` nothing is visible.
     """
 
     user_id: str | None = None
     principals: tuple[str, ...] = ()
     exclude_ids: tuple[str, ...] = ()
     doc_ids: tuple[str, ...] | None = None
+    owned_only: bool = False
 
 
 @dataclass(frozen=True)

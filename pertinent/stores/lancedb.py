@@ -128,7 +128,10 @@ def _owner_clause(user_id: str | None) -> str:
 
 
 def _visibility(where: SearchFilter) -> str:
-    owner = _owner_clause(where.user_id)
+    if where.owned_only:
+        owner = f"owner = {sql_literal(where.user_id)}" if where.user_id is not None else "false"
+    else:
+        owner = _owner_clause(where.user_id)
     if where.principals:
         acl = (
             "(array_length(acl) = 0 OR array_has_any(acl, ["

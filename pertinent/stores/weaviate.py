@@ -619,14 +619,17 @@ class WeaviateStore:
 
     def _visibility(self, where: SearchFilter) -> base_pb2.Filters:
         """Owner, ACL and exclusion clauses of every chunk query (see SearchFilter)."""
-        owners = [_SHARED_OWNER] + ([tenant_for(where.user_id)] if where.user_id else [])
+        mine = [tenant_for(where.user_id)] if where.user_id is not None else []
+        # owned_only with no user matches nothing: "-" is no tenant name and not shared.
+        owners = (mine or ["-"]) if where.owned_only else [_SHARED_OWNER, *mine]
         parts = [
             self._filter("owner_key", "any", owners),
             self._filter("acl_keys", "any", [_PUBLIC_ACL, *(_key(p) for p in where.principals)]),
         ]
         parts += [self._filter("_id", "ne", _uid("chunk", i)) for i in where.exclude_ids]
-        if where.doc_ids:
-            parts.append(self._filter("doc_key", "any", [_key(d) for d in where.doc_ids]))
+        if where.doc_ids is not None:  # an empty tuple restricts to no document at all
+            keys = [_key(d) for d in where.doc_ids] or ["-"]
+            parts.append(self._filter("doc_key", "any", keys))
         result: base_pb2.Filters = self._and(*parts)
         return result
 

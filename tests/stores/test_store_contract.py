@@ -412,3 +412,24 @@ def test_purge_before_and_user_settings(store: Store, embedder: CachedQueryEmbed
     store.put_user_settings("alice", {"consent": {"personalization": True}, "x": 1})
     assert store.get_user_settings("alice") == {"consent": {"personalization": True}, "x": 1}
     assert store.get_user_settings("Bob O'Neil") is None
+
+
+def test_owned_only_and_doc_restrictions(store: Store, embedder: CachedQueryEmbedder) -> None:
+    store.upsert_chunks(
+        chunks_for(embedder, "shared", ["shared notes on keys"])
+        + chunks_for(embedder, "a-mem", ["alice memory on keys"], owner="alice")
+        + chunks_for(embedder, "b-mem", ["bob memory on keys"], owner="bob")
+    )
+    q = embedder.embed_query("keys")
+
+    def ids(where: SearchFilter) -> set[str]:
+        return {h.id for h in store.hybrid_search("keys", q, k=10, alpha=0.5, where=where)}
+
+    assert ids(SearchFilter(user_id="alice", owned_only=True)) == {"a-mem#0"}
+    assert ids(SearchFilter(owned_only=True)) == set()
+    assert ids(SearchFilter(user_id="alice", doc_ids=("shared",))) == {"shared#0"}
+    assert ids(SearchFilter(user_id="alice", doc_ids=())) == set()
+    assert {
+        h.id
+        for h in store.vector_search(q, k=10, where=SearchFilter(user_id="bob", owned_only=True))
+    } == {"b-mem#0"}
