@@ -17,9 +17,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from pertinent.embeddings import SentenceTransformerEmbedder  # noqa: E402
+from pertinent.embeddings import SentenceTransformerEmbedder
 
 
 def main() -> int:
