@@ -43,7 +43,23 @@ from pertinent.errors import (
     UnknownEventKind,
     UnknownItem,
 )
+from pertinent.memory.extractors import (
+    ExtractionError,
+    FactExtractor,
+    LLMError,
+    LLMTimeout,
+    OpenAICompatibleLLM,
+    from_langchain,
+    from_llama_index,
+)
+from pertinent.memory.longterm import (
+    InvalidTimestamp,
+    LongTermMemory,
+    MemorySettings,
+    MemoryTurn,
+)
 from pertinent.memory.profiles import ProfileView
+from pertinent.memory.session_memory import SessionMemory
 from pertinent.memory.sessions import SessionView
 from pertinent.retrievers.rerank import CrossEncoderReranker, Reranker
 from pertinent.stores.base import SearchFilter, Store
@@ -80,13 +96,22 @@ __all__ = [
     "EmptyQuery",
     "Event",
     "EventWeights",
+    "ExtractionError",
+    "FactExtractor",
     "ForgetReceipt",
     "Hit",
     "IngestReport",
     "InvalidInput",
+    "InvalidTimestamp",
     "InvalidVector",
+    "LLMError",
+    "LLMTimeout",
+    "LongTermMemory",
+    "MemorySettings",
+    "MemoryTurn",
     "MissingDependency",
     "NonFiniteVector",
+    "OpenAICompatibleLLM",
     "PackedContext",
     "PartialWrite",
     "Pertinent",
@@ -100,6 +125,7 @@ __all__ = [
     "ScoringWeights",
     "SearchFilter",
     "SentenceTransformerEmbedder",
+    "SessionMemory",
     "SessionView",
     "Settings",
     "Store",
@@ -112,5 +138,7 @@ __all__ = [
     "UnknownEventKind",
     "UnknownItem",
     "__version__",
+    "from_langchain",
+    "from_llama_index",
     "open",
 ]

@@ -212,6 +212,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         args.data,
         overrides=parse_overrides(args.set),
         grid=parse_grid(args.grid),
+        params=[k.strip() for k in args.params.split(",")] if args.params else None,
         rounds=args.rounds,
         min_gain=args.min_gain,
         max_queries=args.max_queries,
@@ -323,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=V1,V2",
         help="replace or add one parameter's values in the grid (repeatable)",
     )
+    t.add_argument("--params", help="comma-separated parameters to search (default: the grid's)")
     t.add_argument("--rounds", type=int, default=2, help="passes over the parameters")
     t.add_argument(
         "--min-gain", type=float, default=0.01, help="relative gain needed to move (0.01 = 1%%)"

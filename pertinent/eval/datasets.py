@@ -150,8 +150,7 @@ def _read_csv(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[st
                     f"{path} lacks the column(s) {', '.join(missing)}; its header is "
                     f"{reader.fieldnames}. Expected at least: {', '.join(columns)}."
                 )
-            for n, row in enumerate(reader, start=2):
-                yield n, row
+            yield from enumerate(reader, start=2)
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path} is not UTF-8 text.") from exc
 

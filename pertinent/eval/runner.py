@@ -10,7 +10,10 @@ so that background load hits all methods alike. Methods:
   embedding; ``hybrid``: its relative-score fusion of both (``alpha`` from the settings);
 - ``personalized``: `Pertinent.search` for the query's user: the full pipeline
   (hybrid + user-blended leg, re-scoring, MMR) without a cross-encoder;
-- ``personalized+rerank``: the same with the cross-encoder, when one is given.
+- ``personalized+rerank``: the same with the cross-encoder, when one is given;
+- ``memory`` (LoCoMo, on request: ``--methods ...,memory``): the turns added per
+  conversation and session to a second store through `LongTermMemory`, ranked by its
+  `search` and packed by its `pack_context` (docs/memory.md).
 
 The latency of a method is the wall time of one call from the query text to its
 ranked list, query embedding included (query embeddings are not cached during a run).
@@ -24,8 +27,9 @@ import subprocess
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,7 @@ __all__ = [
     "METHODS",
     "EvalIndex",
     "EvalReport",
+    "blas_threads",
     "build_index",
     "evaluate",
     "git_commit",
@@ -126,6 +131,28 @@ def _flat_keys(data: Mapping[str, Any], prefix: str = "") -> list[str]:
         else:
             keys.append(f"{prefix}{k}")
     return keys
+
+
+@contextmanager
+def blas_threads(limit: int | None) -> Iterator[int | None]:
+    """Limit numpy's BLAS threads for the duration of a run; yields the limit applied.
+
+    The pipeline's matrix products are small (a hundred candidates by 384 dimensions).
+    With OpenBLAS's default of one thread per core they took 9-15 ms instead of
+    0.1-0.9 ms on the 2-core machine with other work running, which would be billed to
+    `personalized` as latency. None (or threadpoolctl missing) leaves BLAS alone and
+    yields None, which the report records.
+    """
+    if limit is None:
+        yield None
+        return
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    except ImportError:
+        yield None
+        return
+    with threadpool_limits(limits=limit, user_api="blas"):
+        yield limit
 
 
 def git_commit(root: Path | None = None) -> str | None:
@@ -307,6 +334,52 @@ def method_functions(
     return fns
 
 
+class _MemoryMethod:
+    """``memory``: LoCoMo's turns in long-term memory (a second store in the run's
+    directory, same embedder and vector cache), with the protocol's item ids back."""
+
+    def __init__(self, evalset: EvalSet, index: EvalIndex, depth: int) -> None:
+        from pertinent.memory.longterm import LongTermMemory, MemoryTurn
+
+        px = index.px
+        self.px = open_pertinent(
+            Path(px.settings.path).parent / "memory", settings=px.settings, embedder=index.embedder
+        )
+        self.ltm = LongTermMemory(self.px)
+        self.depth = depth
+        sessions: dict[tuple[str, int], list[MemoryTurn]] = defaultdict(list)
+        for item in evalset.items:  # conversation order, as the loader keeps it
+            speaker, _, text = item.text.partition(": ")
+            sessions[(item.owner or "", int(item.metadata["session"]))].append(
+                MemoryTurn(
+                    text=text,
+                    speaker=speaker,
+                    timestamp=item.metadata.get("timestamp"),
+                    turn_id=item.id.split("/", 1)[1],
+                )
+            )
+        for (owner, number), turns in sessions.items():
+            self.ltm.add_conversation(owner, turns, session_id=f"session_{number}")
+        index.embedder.save()
+        optimize = getattr(self.px.store, "optimize", None)
+        if callable(optimize):
+            optimize()
+
+    def __call__(self, q: EvalQuery) -> list[Result]:
+        results = self.ltm.search(q.text, user_id=q.owner or EVAL_USER, top_k=self.depth)
+        out = []
+        for r in results:
+            item_id = f"{r.chunk.owner}/{r.chunk.metadata['turn_id']}"
+            out.append(replace(r, chunk=replace(r.chunk, doc_id=item_id)))
+        return out
+
+    def pack(self, results: Sequence[Result], budget: int) -> str:
+        return self.ltm.pack_context(results, Budget(model=PACK_MODEL, max_tokens=budget)).text
+
+    def close(self) -> None:
+        self.px.close()
+
+
 def _doc_ranking(results: Sequence[Result]) -> list[str]:
     seen: set[str] = set()
     out = []
@@ -389,7 +462,12 @@ class EvalReport:
         for method, values in self.methods.items():
             lat = values["latency_ms"]
             rows.append(
-                [method, *(_fmt(values[n]) for n in names), f"{lat['p50']:.1f}", f"{lat['p95']:.1f}"]
+                [
+                    method,
+                    *(_fmt(values[n]) for n in names),
+                    f"{lat['p50']:.1f}",
+                    f"{lat['p95']:.1f}",
+                ]
             )
         if markdown:
             lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -441,7 +519,8 @@ def describe_lift(lift: Lift) -> str:
         if lift.ci95 is not None
         else ""
     )
-    return f"lift {lift.treatment} vs {lift.baseline} on {lift.metric}: {100 * lift.relative:+.1f}%{ci}"
+    head = f"lift {lift.treatment} vs {lift.baseline} on {lift.metric}"
+    return f"{head}: {100 * lift.relative:+.1f}%{ci}"
 
 
 def _mean(values: Iterable[float | None]) -> tuple[float, int]:
@@ -468,6 +547,8 @@ def evaluate(
     from tqdm.auto import tqdm
 
     fns = method_functions(index, settings, protocol.depth, reranker)
+    if protocol.name == "locomo" and methods and "memory" in methods:
+        fns["memory"] = _MemoryMethod(evalset, index, protocol.depth)
     wanted = list(methods) if methods else [m for m in METHODS if m in fns]
     for m in wanted:
         if m not in fns:
@@ -499,6 +580,10 @@ def evaluate(
                 contexts: dict[int, str] = {}
                 for budget in protocol.budgets:
                     assert tokenizer is not None
+                    fn = fns[m]
+                    if isinstance(fn, _MemoryMethod):  # packs its own way (dated lines)
+                        contexts[budget] = fn.pack(results, budget)
+                        continue
                     contexts[budget] = pack(
                         results,
                         Budget(model=PACK_MODEL, max_tokens=budget),
@@ -515,6 +600,9 @@ def evaluate(
                 same_full += rankings["hybrid"] == rankings["personalized"]
     finally:
         bar.close()
+        for fn in fns.values():
+            if isinstance(fn, _MemoryMethod):
+                fn.close()
     checks: dict[str, Any] = {}
     if compared:
         checks["personalized_same_top10_as_hybrid"] = same_top10 / compared
@@ -540,12 +628,14 @@ def run_protocol(
     resamples: int = 1000,
     seed: int = 0,
     command: str | None = None,
+    blas_limit: int | None = 1,
 ) -> EvalReport:
     """Load `data` with protocol `name`, build the index, evaluate, summarise.
 
     `settings` (default: `Settings()`, i.e. the package defaults and PERTINENT_* env
     vars) get the protocol's overrides, then `overrides` (dotted keys). The store lives
     in `workdir` (a temporary directory when None) and is deleted afterwards.
+    `blas_limit` caps numpy's BLAS threads during the run (see `blas_threads`).
     """
     started = time.perf_counter()
     protocol = get_protocol(name)
@@ -565,7 +655,10 @@ def run_protocol(
         document_threads=effective.document_threads,
     )
     cache = (cache_dir or default_cache_dir()) if use_cache else None
-    with tempfile.TemporaryDirectory(prefix=f"pertinent-eval-{name}-", dir=workdir) as tmp:
+    with (
+        blas_threads(blas_limit) as blas,
+        tempfile.TemporaryDirectory(prefix=f"pertinent-eval-{name}-", dir=workdir) as tmp,
+    ):
         index = build_index(
             evalset, Path(tmp) / "store", effective, emb, cache_dir=cache, progress=progress
         )
@@ -598,6 +691,7 @@ def run_protocol(
             "pack_model": PACK_MODEL if protocol.budgets else None,
             "embedding_model": emb.model_id,
             "reranker": type(reranker).__name__ if reranker is not None else None,
+            "blas_threads": blas,
             "max_queries": max_queries,
             "resamples": resamples,
             "seed": seed,
@@ -675,9 +769,11 @@ def summarise(
     all_checks = dict(checks)
     baselines = [methods[b][metric] for b in BASELINES if b in methods]
     if "personalized" in methods and baselines and max(baselines) > 0:
-        all_checks["personalized_over_best_baseline"] = (
-            methods["personalized"][metric] / max(baselines)
+        all_checks["personalized_over_best_baseline"] = methods["personalized"][metric] / max(
+            baselines
         )
+    if "memory" in methods and baselines and max(baselines) > 0:
+        all_checks["memory_over_best_baseline"] = methods["memory"][metric] / max(baselines)
     return EvalReport(
         dataset=protocol.name,
         data=str(path),
