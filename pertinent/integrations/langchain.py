@@ -34,6 +34,7 @@ from typing import Any
 
 from pertinent.client import IngestReport, Pertinent
 from pertinent.errors import ConfigurationError, InvalidInput, MissingDependency
+from pertinent.memory.longterm import LongTermMemory, MemoryTurn
 from pertinent.types import Budget, Chunk, Result, ScoreBreakdown
 
 try:
@@ -328,7 +329,15 @@ class PertinentChatMessageHistory(BaseChatMessageHistory):
     hand-written loops, which is what this serves.
     """
 
-    def __init__(self, client: Pertinent, user_id: str, session_id: str) -> None:
+    def __init__(
+        self,
+        client: Pertinent,
+        user_id: str,
+        session_id: str,
+        *,
+        memory: LongTermMemory | None = None,
+    ) -> None:
+        """`memory` (a `pertinent.LongTermMemory`) also remembers every turn long-term."""
         _check_client(client, "PertinentChatMessageHistory")
         for value, what in ((user_id, "user_id"), (session_id, "session_id")):
             if not isinstance(value, str) or not value.strip():
@@ -336,6 +345,7 @@ class PertinentChatMessageHistory(BaseChatMessageHistory):
         self.client = client
         self.user_id = user_id
         self.session_id = session_id
+        self.memory = memory
 
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
@@ -370,6 +380,12 @@ class PertinentChatMessageHistory(BaseChatMessageHistory):
         vectors = self.client.embedder.embed_documents([text for _, text in turns])
         for (role, text), vector in zip(turns, vectors, strict=True):
             self.client.add_turn(self.user_id, self.session_id, role, text, vector=vector)
+        if self.memory is not None and self.client.consent(self.user_id).memory:
+            self.memory.add_conversation(
+                self.user_id,
+                [MemoryTurn(text=text, role=role) for role, text in turns],
+                session_id=self.session_id,
+            )
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
         await asyncio.to_thread(self.add_messages, messages)

@@ -28,6 +28,7 @@ from typing import Any
 
 from pertinent.client import IngestReport, Pertinent
 from pertinent.errors import InvalidInput, MissingDependency
+from pertinent.memory.longterm import LongTermMemory, MemoryTurn
 from pertinent.prompts.packing import pack
 from pertinent.prompts.tokenizers import tokenizer_for
 from pertinent.types import Budget, Chunk, Event, Result, ScoreBreakdown
@@ -300,6 +301,11 @@ class PertinentMemoryBlock(BaseMemoryBlock[str]):
     name: str = Field(default="user_memory", description="The name of the memory block.")
     client: Pertinent = Field(exclude=True)
     user_id: str = Field(description="Whose memories to read and whose turns to record.")
+    memory: LongTermMemory | None = Field(
+        default=None,
+        exclude=True,
+        description="pertinent.LongTermMemory to read from and remember turns in.",
+    )
     session_id: str | None = Field(default=None, description="Default: the Memory's session.")
     top_k: int = Field(default=5, gt=0, description="How many memories at most.")
     max_tokens: int = Field(default=400, gt=0, description="The block's share of the context.")
@@ -319,6 +325,12 @@ class PertinentMemoryBlock(BaseMemoryBlock[str]):
         return session_id if isinstance(session_id, str) and session_id else None
 
     def _memories(self, query: str, session_id: str | None) -> str:
+        budget = Budget(model=self.model, max_tokens=self.max_tokens)
+        if self.memory is not None:
+            found = self.memory.search(
+                query, user_id=self.user_id, session_id=session_id, top_k=self.top_k
+            )
+            return self.memory.pack_context(found, budget).text if found else ""
         results = self.client.search(
             query, user_id=self.user_id, session_id=session_id, top_k=self.candidates
         )
@@ -349,6 +361,12 @@ class PertinentMemoryBlock(BaseMemoryBlock[str]):
         if session_id is not None:
             for (role, text), vector in zip(turns, vectors, strict=True):
                 self.client.add_turn(self.user_id, session_id, role, text, vector=vector)
+        if self.memory is not None and self.client.consent(self.user_id).memory:
+            self.memory.add_conversation(
+                self.user_id,
+                [MemoryTurn(text=text, role=role) for role, text in turns],
+                session_id=session_id or "default",
+            )
         queries = [text for role, text in turns if role == "user"]
         if queries:
             self.client.record(
