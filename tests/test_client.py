@@ -78,7 +78,8 @@ def test_history_changes_the_ranking_and_explains_it(loaded: pertinent.Pertinent
     assert rank_after["li"] <= rank_base["li"]
     assert rank_after["li"] < rank_after["lc"]
     top = after[0].explain
-    assert top.user_gate == pytest.approx(7.0 / 10.0)  # mass 3+2 pos, 2 neg; n0 = 3
+    n0 = loaded.settings.confidence_n0
+    assert top.user_gate == pytest.approx(7.0 / (7.0 + n0))  # mass 3+2 positive, 2 negative
     li_res = next(r for r in after if r.chunk.doc_id == "li")
     lc_res = next(r for r in after if r.chunk.doc_id == "lc")
     assert li_res.explain.user > lc_res.explain.user
