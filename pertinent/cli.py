@@ -331,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--quiet", action="store_true", help="do not print every point tried")
     t.set_defaults(func=cmd_tune)
+
+    from pertinent.server.cli import register as register_server
+
+    register_server(sub)  # serve, keys, mcp (docs/server.md)
     return p
 
 
