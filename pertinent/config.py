@@ -120,8 +120,9 @@ class Settings(BaseSettings):
     interest_threshold: float = Field(0.35, ge=-1, le=1)
 
     # Diversity
-    # Off by default: on every protocol diversity cost quality (docs/evaluation.md), and
-    # with it a user without history would not get exactly the hybrid ranking.
+    # Off by default (docs/evaluation.md): λ 0.9 cost 1.7% nDCG@10 on Cranfield and 2% on
+    # MovieLens for +0.9% recall@10 on LoCoMo, and with it on, a user without history
+    # would not get exactly the hybrid ranking.
     mmr_lambda: float = Field(1.0, ge=0, le=1, description="1 = no diversity, 0 = only diversity")
 
     # Packing
