@@ -24,6 +24,7 @@ from pertinent.errors import (
     BudgetTooSmall,
     ConfigurationError,
     ConsentWithheld,
+    DecryptionFailed,
     DimensionMismatch,
     DocumentLoadError,
     EmbeddingModelMismatch,
@@ -61,6 +62,7 @@ from pertinent.memory.longterm import (
 from pertinent.memory.profiles import ProfileView
 from pertinent.memory.session_memory import SessionMemory
 from pertinent.memory.sessions import SessionView
+from pertinent.privacy.encryption import KeyProvider, Keyring, RotationReport
 from pertinent.retrievers.rerank import CrossEncoderReranker, Reranker
 from pertinent.stores.base import SearchFilter, Store
 from pertinent.types import (
@@ -75,6 +77,7 @@ from pertinent.types import (
     ScoreBreakdown,
     Turn,
 )
+from pertinent.versions import EmbeddingVersion, ReembedReport
 
 __version__ = "0.1.0"
 
@@ -88,11 +91,13 @@ __all__ = [
     "Consent",
     "ConsentWithheld",
     "CrossEncoderReranker",
+    "DecryptionFailed",
     "DimensionMismatch",
     "Document",
     "DocumentLoadError",
     "Embedder",
     "EmbeddingModelMismatch",
+    "EmbeddingVersion",
     "EmptyQuery",
     "Event",
     "EventWeights",
@@ -104,6 +109,8 @@ __all__ = [
     "InvalidInput",
     "InvalidTimestamp",
     "InvalidVector",
+    "KeyProvider",
+    "Keyring",
     "LLMError",
     "LLMTimeout",
     "LongTermMemory",
@@ -118,9 +125,11 @@ __all__ = [
     "PertinentError",
     "ProfileView",
     "QueryTooLong",
+    "ReembedReport",
     "Reranker",
     "Result",
     "RetentionReport",
+    "RotationReport",
     "ScoreBreakdown",
     "ScoringWeights",
     "SearchFilter",

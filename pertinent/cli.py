@@ -45,7 +45,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     with _open(args) as px:
         paths = [Path(p) for p in args.paths]
         for p in paths:
-            if not p.exists():
+            try:
+                missing = not p.exists()
+            except OSError as exc:  # e.g. a name too long for the file system
+                raise pertinent.DocumentLoadError(
+                    f"{str(p)[:200]!r} cannot be read: {exc.strerror}; pass a file or directory."
+                ) from exc
+            if missing:
                 raise pertinent.DocumentLoadError(f"{p} does not exist; pass a file or directory.")
         report = px.ingest(paths, acl=args.acl or (), owner=args.owner)
         where = args.data if px.settings.backend == "lancedb" else px.settings.weaviate_url
@@ -114,6 +120,91 @@ def cmd_retention(args: argparse.Namespace) -> int:
         )
     for log, n in report.deleted.items():
         print(f"{log}: purged {n} rows older than {report.cutoffs[log].isoformat()}")
+    return 0
+
+
+def _open_with(args: argparse.Namespace, **settings: object) -> pertinent.Pertinent:
+    """`_open` with some settings overridden (a key file, for the encryption commands)."""
+    from pertinent.client import open as open_store
+    from pertinent.config import Settings
+
+    return open_store(
+        args.data,
+        settings=Settings().model_copy(update={k: v for k, v in settings.items() if v}),
+        backend=args.backend,
+        url=args.url,
+        api_key=args.api_key,
+        grpc_port=args.grpc_port,
+    )
+
+
+def cmd_encryption_keygen(args: argparse.Namespace) -> int:
+    import base64
+
+    import pertinent
+    from pertinent.privacy.encryption import key_id, new_key
+
+    key = new_key()
+    line = base64.b64encode(key).decode("ascii")
+    if args.out is None:
+        print(line)
+        return 0
+    out = Path(args.out)
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise pertinent.InvalidInput(
+            f"{out} exists; keygen never overwrites a key. Pass another --out."
+        ) from exc
+    with os.fdopen(fd, "w") as f:
+        f.write(line + "\n")
+    print(f"wrote key {key_id(key)} to {out} (mode 600); keep a copy: without it, data is lost")
+    return 0
+
+
+def cmd_encryption_rotate(args: argparse.Namespace) -> int:
+    from pertinent.privacy.encryption import load_key_file
+
+    new = load_key_file(args.new_key_file)
+    with _open_with(args, encryption_key_file=args.key_file) as px:
+        report = px.rotate_key(new)
+    print(f"re-sealed with key {report.key_id} ({report.users} users):")
+    for kind, n in report.resealed.items():
+        print(f"  {kind}: {n} re-sealed, {report.already_current[kind]} already current")
+    print(f"use {args.new_key_file} as the key file from now on; the old key no longer opens it")
+    return 0
+
+
+def cmd_reembed(args: argparse.Namespace) -> int:
+    from pertinent.embeddings import SentenceTransformerEmbedder
+
+    with _open(args) as px:
+        report = px.reembed(SentenceTransformerEmbedder(args.model), model=args.model)
+    print(
+        f"built {report.version} ({report.model_id}) beside {report.previous} and switched: "
+        f"{report.shared_chunks} shared chunks, {report.owned_chunks} user-owned chunks, "
+        f"{report.events} events ({report.dropped_events} dropped), {report.turns} turns, "
+        f"{report.users} users. `pertinent rollback` switches back."
+    )
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    import pertinent
+    from pertinent.versions import load_registry, switch
+
+    root = Path(args.data)
+    registry = load_registry(root)
+    if registry is None or registry.previous is None:
+        raise pertinent.InvalidInput(
+            f"{root} has no previous embedding version to roll back to (never re-embedded)."
+        )
+    new = switch(root, registry, registry.previous)
+    active = new.active_version
+    print(
+        f"active embedding version: {active.id} ({active.model_id}); {new.previous} is kept. "
+        "Processes that have the store open switch when they reopen it."
+    )
     return 0
 
 
@@ -303,6 +394,32 @@ def build_parser() -> argparse.ArgumentParser:
     ra.add_argument("--turns-days", type=float, help="keep session turns this many days")
     ra.add_argument("--now", help="the clock to apply the windows at (ISO 8601; default now)")
     ra.set_defaults(func=cmd_retention)
+
+    enc = sub.add_parser("encryption", help="encryption at rest: keys and rotation")
+    enc_sub = enc.add_subparsers(dest="encryption_command", required=True)
+    kg = enc_sub.add_parser("keygen", help="make a random AES-256 key (base64)")
+    kg.add_argument("--out", help="write it to this new file (mode 600) instead of stdout")
+    kg.set_defaults(func=cmd_encryption_keygen)
+    rot = enc_sub.add_parser("rotate", help="re-seal every user-owned record with a new key")
+    data_arg(rot)
+    backend_args(rot)
+    rot.add_argument(
+        "--key-file", help="the current key file (env PERTINENT_ENCRYPTION_KEY_FILE)"
+    )
+    rot.add_argument("--new-key-file", required=True, help="file holding the new key")
+    rot.set_defaults(func=cmd_encryption_rotate)
+
+    re_ = sub.add_parser("reembed", help="build a new embedding version and switch to it")
+    data_arg(re_)
+    backend_args(re_)
+    re_.add_argument(
+        "--model", required=True, help="sentence-transformers model directory or name"
+    )
+    re_.set_defaults(func=cmd_reembed)
+
+    rb = sub.add_parser("rollback", help="switch back to the previous embedding version")
+    data_arg(rb)
+    rb.set_defaults(func=cmd_rollback)
 
     e = sub.add_parser("eval", help="measure every method on an evaluation data set")
     e.add_argument("protocol", choices=["cranfield", "locomo", "movielens"])

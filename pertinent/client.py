@@ -28,7 +28,9 @@ from pertinent.embeddings import (
     check_vector,
 )
 from pertinent.errors import (
+    ConfigurationError,
     ConsentWithheld,
+    EmbeddingModelMismatch,
     EmptyQuery,
     InvalidInput,
     PartialWrite,
@@ -40,6 +42,7 @@ from pertinent.ingest import Chunker, normalize_acl, to_documents
 from pertinent.memory.profiles import ProfileView, UserProfile
 from pertinent.memory.sessions import SessionState, SessionView
 from pertinent.privacy.audit import AuditLog
+from pertinent.privacy.encryption import KeyProvider, RotationReport
 from pertinent.privacy.redaction import Redactor
 from pertinent.prompts.packing import pack
 from pertinent.prompts.tokenizers import tokenizer_for
@@ -47,6 +50,7 @@ from pertinent.retrievers.pipeline import StageTimes, gather_candidates, rank
 from pertinent.retrievers.rerank import Reranker
 from pertinent.retrievers.rescoring import Candidate, minmax
 from pertinent.stores.base import SearchFilter, Store, StoredEvent, StoredTurn
+from pertinent.stores.resilience import LRUDict, ReplicatedStore
 from pertinent.types import (
     Budget,
     Chunk,
@@ -59,11 +63,13 @@ from pertinent.types import (
     check_text,
     utcnow,
 )
+from pertinent.versions import ActiveVersion, ReembedReport, Registry, VersionPin, pinned
 
 __all__ = ["Consent", "ForgetReceipt", "IngestReport", "Pertinent", "RetentionReport", "open"]
 
 _NEGATIVE_KINDS = frozenset({"reject", "dislike", "skip"})
 _MAX_QUERY_CHARS = 100_000
+_LOCK_STRIPES = 1024
 
 
 @dataclass(frozen=True)
@@ -133,10 +139,16 @@ class Pertinent:
         reranker: Reranker | None = None,
         redactor: Redactor | None = None,
     ) -> None:
+        # The active embedding version: store, embedder and profile/session caches, read
+        # through the properties below; a call pins it per thread (pertinent/versions.py).
+        self._pin = VersionPin()
+        self._active = ActiveVersion(None, store, embedder)
+        self._other_versions: dict[str, ActiveVersion] = {}
+        self._version_lock = threading.Lock()
         self.store = store
         self.redactor = redactor
         self.redaction_counts: Counter[str] = Counter()
-        self._consents: dict[str, tuple[float, Consent]] = {}
+        self._consents: dict[str, tuple[float, Consent]] = LRUDict(settings.profile_cache_size)
         self.audit: AuditLog | None = None
         if settings.audit_path is not None:
             self.audit = AuditLog(settings.audit_path, include_query=settings.audit_include_query)
@@ -151,9 +163,12 @@ class Pertinent:
             chunk_tokens=min(settings.chunk_tokens, embedder.max_tokens - 2),
             overlap=settings.chunk_overlap,
         )
-        self._profiles: dict[str, UserProfile] = {}
-        self._sessions: dict[tuple[str, str], SessionState] = {}
-        self._locks: dict[object, threading.Lock] = {}
+        # Bounded (Settings.profile_cache_size, session_cache_size): rebuilt from the logs.
+        self._profiles: dict[str, UserProfile] = LRUDict(settings.profile_cache_size)
+        self._sessions: dict[tuple[str, str], SessionState] = LRUDict(settings.session_cache_size)
+        # A fixed set of lock stripes, not one lock per user ever seen (unbounded); no code
+        # path holds two of them at once, and they are re-entrant should one ever nest.
+        self._locks = [threading.RLock() for _ in range(_LOCK_STRIPES)]
         self._locks_guard = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pertinent")
 
@@ -162,6 +177,8 @@ class Pertinent:
     def close(self) -> None:
         self._executor.shutdown(wait=False)
         self.store.close()
+        for version in self._other_versions.values():  # kept open for rollback
+            version.store.close()
 
     def __enter__(self) -> Pertinent:
         return self
@@ -170,6 +187,42 @@ class Pertinent:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    # ------------------------------------------------------------------ versions
+
+    @property
+    def store(self) -> Store:
+        """The active version's store (the one pinned by the call this thread is in)."""
+        return self._pin.current(self._active).store
+
+    @store.setter
+    def store(self, value: Store) -> None:
+        self._pin.current(self._active).store = value
+
+    @property
+    def embedder(self) -> Embedder:
+        """The active version's embedder: queries and stored vectors always agree."""
+        return self._pin.current(self._active).embedder
+
+    @embedder.setter
+    def embedder(self, value: Embedder) -> None:
+        self._pin.current(self._active).embedder = value
+
+    @property
+    def _profiles(self) -> dict[str, UserProfile]:
+        return self._pin.current(self._active).profiles
+
+    @_profiles.setter
+    def _profiles(self, value: dict[str, UserProfile]) -> None:
+        self._pin.current(self._active).profiles = value
+
+    @property
+    def _sessions(self) -> dict[tuple[str, str], SessionState]:
+        return self._pin.current(self._active).sessions
+
+    @_sessions.setter
+    def _sessions(self, value: dict[tuple[str, str], SessionState]) -> None:
+        self._pin.current(self._active).sessions = value
 
     # ------------------------------------------------------------------ consent
 
@@ -224,6 +277,7 @@ class Pertinent:
                 continue
             cutoffs[log] = at - timedelta(days=days)
             deleted[log] = self.store.purge_before(log, cutoffs[log])
+        self._purge_other_versions(cutoffs)
         days = self.settings.retention_audit_days
         if self.audit is not None and days is not None:
             cutoffs["audit"] = at - timedelta(days=days)
@@ -262,12 +316,8 @@ class Pertinent:
         self.redaction_counts.update(report.counts)
         return report.text
 
-    def _lock(self, key: object) -> threading.Lock:
-        with self._locks_guard:
-            lock = self._locks.get(key)
-            if lock is None:
-                lock = self._locks[key] = threading.Lock()
-            return lock
+    def _lock(self, key: object) -> threading.RLock:
+        return self._locks[hash(key) % _LOCK_STRIPES]
 
     # ------------------------------------------------------------------ ingest
 
@@ -300,6 +350,13 @@ class Pertinent:
             replace(d, text=self._redact(d.text)) if d.owner is not None else d
             for d in to_documents(docs, acl=acl, owner=owner, metadata=metadata)
         ]
+        # An item may name its own owner ({"owner": ...}): the same consent applies.
+        for item_owner in sorted({d.owner for d in documents if d.owner is not None}):
+            if item_owner != owner and not self.consent(item_owner).memory:
+                raise ConsentWithheld(
+                    f"User {item_owner!r} opted out of long-term memory; their documents are "
+                    "not stored (nothing of this call was written). Drop their items."
+                )
         progress = self.settings.show_progress if show_progress is None else show_progress
         from tqdm.auto import tqdm
 
@@ -326,6 +383,7 @@ class Pertinent:
             documents=len(documents), chunks=total_chunks, doc_ids=tuple(d.id for d in documents)
         )
 
+    @pinned
     def _write_chunks(self, chunks: list[Chunk]) -> int:
         vectors = self.embedder.embed_documents([c.text for c in chunks])
         model_id = self.embedder.model_id
@@ -352,6 +410,7 @@ class Pertinent:
 
     # ------------------------------------------------------------------ events
 
+    @pinned
     def record(
         self,
         user_id: str,
@@ -459,6 +518,7 @@ class Pertinent:
                 self._profiles[user_id] = profile
             return profile
 
+    @pinned
     def profile(self, user_id: str | None, now: datetime | None = None) -> ProfileView:
         """The user's profile as of `now`; an unknown or absent user is a cold profile."""
         if user_id is None:
@@ -485,6 +545,7 @@ class Pertinent:
                 self._sessions[key] = state
             return state
 
+    @pinned
     def add_turn(
         self,
         user_id: str,
@@ -525,11 +586,13 @@ class Pertinent:
             )
             state.add(np.asarray(vec, dtype=np.float32))
 
+    @pinned
     def session(self, user_id: str | None, session_id: str | None) -> SessionView:
         if user_id is None or session_id is None or not self.consent(user_id).personalization:
             return SessionView(vector=None, gate=0.0, turns=0)
         return self._session_state(user_id, session_id).view(self.settings.session_n0)
 
+    @pinned
     def history(self, user_id: str, session_id: str) -> list[Turn]:
         return [
             Turn(role=t.role, text=t.text, timestamp=t.timestamp)
@@ -563,6 +626,7 @@ class Pertinent:
             raise InvalidInput(f"top_k must be a positive int, got {k!r}.")
         return k
 
+    @pinned
     def personalize(
         self,
         query: str,
@@ -627,6 +691,7 @@ class Pertinent:
         self._audit(query, user_id, session_id, results)
         return results
 
+    @pinned
     def search(
         self,
         query: str,
@@ -671,6 +736,7 @@ class Pertinent:
     async def apersonalize(self, query: str, items: Sequence[Chunk], **kwargs: Any) -> list[Result]:
         return await asyncio.to_thread(lambda: self.personalize(query, items, **kwargs))
 
+    @pinned
     def _search(
         self,
         query: str,
@@ -702,9 +768,23 @@ class Pertinent:
             principals=normalize_acl(principals) + ((f"user:{user_id}",) if user_id else ()),
             exclude_ids=tuple(exclude_ids),
         )
-        candidates = gather_candidates(
-            self.store, query, qvec, profile, self.settings, where, times, self._executor
-        )
+        try:
+            candidates = gather_candidates(
+                self.store, query, qvec, profile, self.settings, where, times, self._executor
+            )
+        except StoreUnavailable as exc:
+            replica = self._replica()
+            if replica is None:
+                raise
+            # The replica holds the documents as of the last ingest through this client;
+            # the caller is told the answer came from it, and why.
+            degraded.append(
+                f"served from the local replica at {replica[1]}, which may lag the "
+                f"cluster: the cluster is unavailable ({exc})"
+            )
+            candidates = gather_candidates(
+                replica[0], query, qvec, profile, self.settings, where, times, None
+            )
         results = rank(
             query,
             candidates,
@@ -719,6 +799,26 @@ class Pertinent:
         self.last_degraded = tuple(degraded)
         return results, qvec
 
+    def _replica(self) -> tuple[Store, str] | None:
+        """The local replica degraded mode may serve from (Settings.degraded_fallback_path),
+        and its name. With encryption the replica holds sealed records like the cluster
+        (sealing happens above the replication): it is read through the same sealer."""
+        if not self.settings.degraded_mode:
+            return None
+        store = self.store
+        if isinstance(store, ReplicatedStore):
+            return store.replica, store.replica_name
+        from pertinent.privacy.encryption import EncryptedStore
+
+        if isinstance(store, EncryptedStore) and isinstance(store.inner, ReplicatedStore):
+            rep = store.inner
+            sealed = EncryptedStore(
+                rep.replica, store.sealer, seal_owned_chunks=store.seal_owned_chunks
+            )
+            return sealed, rep.replica_name
+        return None
+
+    @pinned
     def retrieve(
         self,
         query: str,
@@ -820,11 +920,165 @@ class Pertinent:
             cleared.append("query_embeddings")
         deleted["cached_profile"] = int(had_profile)
         deleted["cached_sessions"] = len(dropped)
+        deleted.update(self._forget_in_other_versions(user_id))
         if self.audit is not None:
             deleted["audit_entries"] = self.audit.forget(user_id)
         return ForgetReceipt(
             user_id=user_id, deleted=deleted, at=utcnow(), caches_cleared=tuple(cleared)
         )
+
+    # ------------------------------------------------------------------ encryption
+
+    def rotate_key(self, new_key: bytes | KeyProvider) -> RotationReport:
+        """Re-seal every user-owned record (every embedding version) with `new_key`.
+
+        Records sealed with an older key are opened with it first, so the old key must
+        still be held (the one the store was opened with). Idempotent and resumable: a
+        repeat or an interrupted-then-repeated call re-seals only what is left; reopen an
+        interrupted store with ``encryption_key=Keyring(new_key, old_key)``. Afterwards
+        the store opens with `new_key` only (docs/privacy.md).
+        """
+        from pertinent.privacy.encryption import EncryptedStore, rotating
+        from pertinent.versions import each_inactive_store
+
+        with self._version_lock:
+            store = rotating(self.store, new_key)
+            report = store.reseal()
+            for version in self._other_versions.values():
+                if isinstance(version.store, EncryptedStore):
+                    version.store.sealer = store.sealer
+            # Embedding versions live under the LanceDB path; a Weaviate store has none.
+            inactive = (
+                each_inactive_store(self.settings.path, self._active.id)
+                if self.settings.backend == "lancedb"
+                else iter(())
+            )
+            for other in inactive:
+                sealed = EncryptedStore(
+                    other, store.sealer, seal_owned_chunks=store.seal_owned_chunks
+                )
+                sealed.reseal()
+        return report
+
+    # ------------------------------------------------------------------ embedding versions
+
+    def embedding_versions(self) -> Registry:
+        """The embedding models this store has versions for, and which one is active."""
+        from pertinent.versions import _initial, load_registry
+
+        return load_registry(self.settings.path) or _initial(self._active.embedder)
+
+    def reembed(self, embedder: Embedder, *, model: str | None = None) -> ReembedReport:
+        """Build a new embedding version with `embedder` beside the active one (documents
+        from their text, memories, events and session turns re-embedded, profiles
+        refolded), then switch to it atomically. `rollback()` switches back. `model`
+        records how `open` can load the model by itself (a sentence-transformers path
+        or name). Pause writers while it runs: their writes land in the old version."""
+        from pertinent.privacy.encryption import EncryptedStore
+        from pertinent.versions import build_version, switch
+
+        if self.settings.backend != "lancedb":
+            raise ConfigurationError(
+                "Embedding versions are available on the embedded LanceDB backend; on "
+                "Weaviate, ingest into a new collection prefix with the new model."
+            )
+        if self.settings.query_cache_size > 0 and not isinstance(embedder, CachedQueryEmbedder):
+            embedder = CachedQueryEmbedder(embedder, self.settings.query_cache_size)
+        with self._version_lock:
+            old = self._active
+            enc = old.store if isinstance(old.store, EncryptedStore) else None
+
+            def wrap(raw: Store) -> Store:
+                if enc is None:
+                    return raw
+                return EncryptedStore(raw, enc.sealer, seal_owned_chunks=enc.seal_owned_chunks)
+
+            registry, new, report = build_version(
+                Path(self.settings.path), old, embedder, wrap=wrap, opener=enc, model=model
+            )
+            self._bounded_caches(new)
+            old.id = old.id or registry.active
+            self._other_versions[old.id] = old
+            switch(Path(self.settings.path), registry, registry.versions[-1].id)
+            self._active = new  # one assignment: the next call sees the new version whole
+        return report
+
+    def rollback(self, *, embedder: Embedder | None = None) -> str:
+        """Switch back to the version that was active before the last switch; returns its
+        id. In another process than the re-embed, pass `embedder` unless the version's
+        model can be loaded by name. Writes made since the switch stay in the newer
+        version (which `rollback` then makes the previous one: roll forward with it)."""
+        from pertinent.privacy.encryption import EncryptedStore
+        from pertinent.versions import load_registry, open_version_store, switch
+
+        root = Path(self.settings.path)
+        with self._version_lock:
+            registry = load_registry(root)
+            if registry is None or registry.previous is None:
+                raise InvalidInput(
+                    "There is no previous embedding version to roll back to (the store was "
+                    "never re-embedded)."
+                )
+            target = registry.get(registry.previous)
+            current = self._active
+            current.id = current.id or registry.active
+            version = self._other_versions.pop(target.id, None)
+            if version is None or (embedder is not None and embedder is not version.embedder):
+                if embedder is None:
+                    if target.model is None:
+                        raise ConfigurationError(
+                            f"Version {target.id} was built with {target.model_id!r}, which "
+                            "pertinent cannot load by name; pass rollback(embedder=...)."
+                        )
+                    embedder = SentenceTransformerEmbedder(target.model)
+                if embedder.model_id != target.model_id:
+                    raise EmbeddingModelMismatch(
+                        f"Version {target.id} holds {target.model_id!r} vectors, not "
+                        f"{embedder.model_id!r}; pass the embedder it was built with."
+                    )
+                store: Store = open_version_store(root, target)
+                if isinstance(current.store, EncryptedStore):
+                    store = EncryptedStore(
+                        store,
+                        current.store.sealer,
+                        seal_owned_chunks=current.store.seal_owned_chunks,
+                    )
+                version = self._bounded_caches(ActiveVersion(target.id, store, embedder))
+            self._other_versions[current.id] = current
+            switch(root, registry, target.id)
+            self._active = version
+        return target.id
+
+    def _bounded_caches(self, version: ActiveVersion) -> ActiveVersion:
+        """A new version's profile and session caches, bounded like the first one's."""
+        version.profiles = LRUDict(self.settings.profile_cache_size)
+        version.sessions = LRUDict(self.settings.session_cache_size)
+        return version
+
+    def _forget_in_other_versions(self, user_id: str) -> dict[str, int]:
+        """Forgetting reaches every embedding version, not only the active one."""
+        from pertinent.versions import each_inactive_store
+
+        n = 0
+        for version in self._other_versions.values():
+            version.profiles.pop(user_id, None)
+            for key in [k for k in version.sessions if k[0] == user_id]:
+                del version.sessions[key]
+        if self.settings.backend == "lancedb":
+            for other in each_inactive_store(self.settings.path, self._active.id):
+                n += sum(other.delete_user(user_id).values())
+        return {"other_versions": n} if n else {}
+
+    def _purge_other_versions(self, cutoffs: Mapping[str, datetime]) -> None:
+        from pertinent.versions import each_inactive_store
+
+        for version in self._other_versions.values():
+            version.profiles.clear()
+            version.sessions.clear()
+        if self.settings.backend == "lancedb":
+            for other in each_inactive_store(self.settings.path, self._active.id):
+                for log, cutoff in cutoffs.items():
+                    other.purge_before(log, cutoff)
 
 
 def open(
@@ -838,6 +1092,7 @@ def open(
     url: str | None = None,
     api_key: str | None = None,
     grpc_port: int | None = None,
+    encryption_key: bytes | KeyProvider | None = None,
 ) -> Pertinent:
     """Open (or create) a store. The embedded default: LanceDB under `path` and the
     bundled all-MiniLM-L6-v2 model; nothing is downloaded.
@@ -846,7 +1101,9 @@ def open(
     them) puts the same data on a Weaviate cluster instead (docs/weaviate.md); a `url`
     alone implies it. Arguments override `settings`, which read ``PERTINENT_*`` env vars.
     `redactor` (or ``Settings(redact_pii=True)``) removes PII from user-owned text before
-    it is stored (docs/privacy.md).
+    it is stored (docs/privacy.md). `encryption_key` (bytes, or a key provider for a KMS;
+    or ``Settings.encryption_key_file``) seals user-owned records with AES-GCM; a key the
+    store was not written with raises `DecryptionFailed` here (docs/privacy.md).
     """
     from pydantic import SecretStr
 
@@ -872,6 +1129,16 @@ def open(
         update["weaviate_grpc_port"] = grpc_port
     if update:
         s = s.model_copy(update=update)
+    from pertinent.versions import active_entry
+
+    version = active_entry(s.path) if s.backend == "lancedb" else None
+    if version is not None and embedder is None:
+        if version.model is None:
+            raise ConfigurationError(
+                f"The store's active embedding version {version.id} uses {version.model_id!r}, "
+                "which pertinent cannot load by name; pass embedder=, or `pertinent rollback`."
+            )
+        s = s.model_copy(update={"embedding_model": version.model})
     emb: Embedder = embedder or SentenceTransformerEmbedder(
         s.embedding_model,
         batch_size=s.embedding_batch_size,
@@ -898,12 +1165,41 @@ def open(
 
         breaker = CircuitBreaker(threshold=s.breaker_threshold, reset_after=s.breaker_reset_s)
         store = ResilientStore(store, breaker, name=f"Weaviate at {s.weaviate_url}")
+        if s.degraded_fallback_path is not None:
+            if not s.degraded_mode:
+                store.close()
+                raise ConfigurationError(
+                    "degraded_fallback_path answers from a local replica while the cluster is "
+                    "down, which is degraded mode: set degraded_mode=True as well."
+                )
+            from pertinent.stores.lancedb import LanceDBStore
+
+            replica = LanceDBStore(
+                s.degraded_fallback_path,
+                model_id=emb.model_id,
+                dim=emb.dim,
+                cache_bytes=s.lancedb_cache_mib << 20,
+            )
+            store = ReplicatedStore(store, replica, str(s.degraded_fallback_path))
     else:
+        if s.degraded_fallback_path is not None:
+            raise ConfigurationError(
+                "degraded_fallback_path is a local replica of a Weaviate cluster; the embedded "
+                "backend needs none. Remove it or use backend='weaviate'."
+            )
         from pertinent.stores.lancedb import LanceDBStore
 
-        store = LanceDBStore(s.path, model_id=emb.model_id, dim=emb.dim)
+        root = version.path(s.path) if version is not None else s.path
+        store = LanceDBStore(
+            root, model_id=emb.model_id, dim=emb.dim, cache_bytes=s.lancedb_cache_mib << 20
+        )
+    from pertinent.privacy.encryption import encrypt_store
+
+    store = encrypt_store(store, s, encryption_key)
     if redactor is None and s.redact_pii:
         from pertinent.privacy.redaction import PatternRedactor
 
         redactor = PatternRedactor(kinds=s.pii_kinds)
-    return Pertinent(store, emb, s, reranker=reranker, redactor=redactor)
+    px = Pertinent(store, emb, s, reranker=reranker, redactor=redactor)
+    px._active.id = version.id if version is not None else None
+    return px

@@ -140,6 +140,15 @@ class Settings(BaseSettings):
     breaker_reset_s: float = Field(
         10.0, gt=0, description="seconds before a down cluster is retried"
     )
+    # Resource bounds: in-memory caches of rebuildable state (an evicted profile is refolded
+    # from its event log on next use)
+    profile_cache_size: int = Field(
+        10_000, gt=0, description="user profiles (and consents) kept in memory, LRU"
+    )
+    session_cache_size: int = Field(10_000, gt=0, description="session states kept in memory, LRU")
+    lancedb_cache_mib: int = Field(
+        64, ge=0, description="LanceDB index and metadata cache, MiB each (0 = LanceDB's default)"
+    )
     degraded_fallback_path: Path | None = Field(
         None,
         description="backend weaviate with degraded_mode: a local LanceDB replica of the "

@@ -20,6 +20,7 @@ so the original traceback is kept.
     │   ├── BudgetTooSmall
     │   └── DocumentLoadError
     ├── ConsentWithheld
+    ├── DecryptionFailed
     ├── EmbeddingModelMismatch
     └── StoreError
         ├── StoreUnavailable
@@ -36,6 +37,7 @@ __all__ = [
     "BudgetTooSmall",
     "ConfigurationError",
     "ConsentWithheld",
+    "DecryptionFailed",
     "DimensionMismatch",
     "DocumentLoadError",
     "EmbeddingModelMismatch",
@@ -123,6 +125,17 @@ class DocumentLoadError(InvalidInput):
 
 class ConsentWithheld(PertinentError):
     """The user opted out of what this call would store (e.g. long-term memory)."""
+
+
+class DecryptionFailed(PertinentError):
+    """A sealed record cannot be opened: the key is not the one it was sealed with (or
+    the key provider does not hold it), or the record was modified or moved to another
+    record. Nothing was written; reopen with the right key (after a rotation, the new
+    one). `key_id` names the key the record needs, when it is known."""
+
+    def __init__(self, message: str, key_id: str | None = None) -> None:
+        super().__init__(message)
+        self.key_id = key_id
 
 
 class EmbeddingModelMismatch(PertinentError):

@@ -234,6 +234,15 @@ def _from_dict(item: Mapping[Any, Any], where: str, base: _Defaults) -> Document
 
 
 def _from_path(path: Path, base: _Defaults) -> list[Document]:
+    try:
+        path.stat()
+    except FileNotFoundError:
+        pass  # reported below, with the working directory
+    except OSError as exc:  # a name too long, permission denied: is_dir() would raise it
+        raise DocumentLoadError(
+            f"Cannot read {str(path)[:200]!r}: {exc.strerror}. Check the path; to ingest "
+            "this string as text, pass a str instead of a Path."
+        ) from exc
     if path.is_dir():
         files = _walk(path)
         if not files:

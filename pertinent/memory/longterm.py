@@ -79,6 +79,7 @@ from pertinent.types import (
     as_utc,
     utcnow,
 )
+from pertinent.versions import pinned_client
 
 __all__ = [
     "AddReport",
@@ -667,6 +668,7 @@ class LongTermMemory:
         self.px.redaction_counts.update(report.counts)
         return report.text
 
+    @pinned_client
     def _write(self, user_id: str, pending: Sequence[_Pending]) -> list[Chunk]:
         """Chunk, embed (with the previous turn as context) and upsert, in one store call."""
         emb = self.px.embedder
@@ -763,6 +765,7 @@ class LongTermMemory:
             return ExtractionReport(turns=written, error=f"{type(exc).__name__}: {exc}")
         return self._apply_facts(user_id, facts, turn_records, session_id, source, written)
 
+    @pinned_client
     def _related_facts(self, user_id: str, records: Sequence[MemoryRecord]) -> list[KnownFact]:
         """Known facts near the conversation (by the mean of its vectors): the extractor
         sees them so that it updates a fact instead of adding a second version."""
@@ -862,6 +865,7 @@ class LongTermMemory:
 
     # ------------------------------------------------------------------ reading
 
+    @pinned_client
     def search(
         self,
         query: str,
@@ -1067,6 +1071,7 @@ class LongTermMemory:
                 lines.append(plain)
         return lines
 
+    @pinned_client
     def context(
         self,
         query: str,

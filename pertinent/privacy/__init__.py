@@ -1,1 +1,2 @@
-"""Privacy and governance: PII redaction (and, as they land, retention, consent, audit)."""
+"""Privacy and governance: PII redaction, the audit log and encryption at rest (retention,
+consent and forgetting live in the client; docs/privacy.md has the whole picture)."""

@@ -46,6 +46,12 @@ __all__ = ["LanceDBStore", "sql_literal"]
 _log = logging.getLogger("pertinent.stores.lancedb")
 _SCHEMA_VERSION = "1"
 _FTS_REFRESH_ROWS = 2000
+# Past this many chunks a flat scan behind the visibility prefilter costs 100+ ms per
+# query on 2 cores; an IVF_FLAT index (exact distances, no quantisation to undo with a
+# refine step) probed over _VECTOR_NPROBES partitions kept recall@50 >= 0.95 against
+# exact search at 100k chunks (bench/bench_scale.py, docs/benchmarks.md).
+_VECTOR_INDEX_MIN_ROWS = 10_000
+_VECTOR_NPROBES = 40
 # Every small append is a new data file and a new table version; reads slow down with
 # thousands of them, so the logs are compacted after this many appends.
 _COMPACT_EVERY_APPENDS = 200
@@ -172,6 +178,7 @@ class LanceDBStore:
         model_id: str,
         dim: int,
         read_consistency: timedelta | None = timedelta(0),
+        cache_bytes: int | None = None,
     ) -> None:
         try:
             import lancedb
@@ -188,7 +195,18 @@ class LanceDBStore:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pertinent-lancedb")
         self._check_writable()
         with self._errors("open"):
-            self._db = lancedb.connect(str(self.path), read_consistency_interval=read_consistency)
+            # LanceDB's index and metadata caches default to gigabytes and grow with every
+            # write (docs/reliability.md, "Soak"); a bound keeps a long-lived process flat.
+            session = (
+                lancedb.Session(
+                    index_cache_size_bytes=cache_bytes, metadata_cache_size_bytes=cache_bytes
+                )
+                if cache_bytes
+                else None
+            )
+            self._db = lancedb.connect(
+                str(self.path), read_consistency_interval=read_consistency, session=session
+            )
             existing = set(self._db.list_tables().tables)
         self._check_meta(existing)
         self._chunks = self._open_or_create("chunks", self._chunk_schema(), existing)
@@ -196,6 +214,9 @@ class LanceDBStore:
         self._turns = self._open_or_create("turns", self._turn_schema(), existing)
         self._users = self._open_or_create("users", self._user_schema(), existing)
         self._has_fts = any(ix.index_type == "FTS" for ix in self._chunks.list_indices())
+        self._has_vector_index = any(
+            list(ix.columns) == ["vector"] for ix in self._chunks.list_indices()
+        )
         self._event_writer = _GroupCommit(
             "events", lambda rows: self._append("events", self._events, rows), self._pa
         )
@@ -440,6 +461,18 @@ class LanceDBStore:
         elif force or self._unindexed >= _FTS_REFRESH_ROWS:
             self._chunks.optimize()
             self._unindexed = 0
+            self._index_vectors()
+
+    def _index_vectors(self) -> None:
+        """Build the vector index, and a bitmap on `owner` (every visibility filter tests
+        it), once the table is big enough; `optimize` folds later rows into both."""
+        if self._has_vector_index or self._chunks.count_rows() < _VECTOR_INDEX_MIN_ROWS:
+            return
+        from lancedb.index import Bitmap, IvfFlat
+
+        self._chunks.create_index("vector", config=IvfFlat(distance_type="cosine"), replace=True)
+        self._chunks.create_index("owner", config=Bitmap(), replace=True)
+        self._has_vector_index = True
 
     def optimize(self) -> None:
         """Fold new rows into the indexes and compact small files (safe to call any time)."""
@@ -447,6 +480,7 @@ class LanceDBStore:
             for table in (self._chunks, self._events, self._turns):
                 table.optimize()
             self._unindexed = 0
+            self._index_vectors()
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
         if not doc_ids:
@@ -506,14 +540,14 @@ class LanceDBStore:
     def vector_search(self, vector: Vector, *, k: int, where: SearchFilter) -> list[Hit]:
         q = self._check_query_vector(vector)
         with self._errors("vector search"):
-            rows = (
+            search = (
                 self._chunks.search(q, vector_column_name="vector")
                 .distance_type("cosine")
                 .where(_visibility(where), prefilter=True)
-                .limit(k)
-                .to_arrow()
-                .to_pylist()
             )
+            if self._has_vector_index:
+                search = search.nprobes(_VECTOR_NPROBES)
+            rows = search.limit(k).to_arrow().to_pylist()
         hits = []
         for r in rows:
             chunk = self._row_to_chunk(r)
@@ -708,6 +742,130 @@ class LanceDBStore:
         ]
         out.sort(key=lambda t: (t.timestamp, t.id))
         return out
+
+    # ------------------------------------------------------------------ rewriting
+    # What key rotation and re-embedding need (`RewritableStore`): every user-owned
+    # row, and rewriting rows in place by id, one commit per call.
+
+    def chunk_owners(self) -> list[str]:
+        """Every user that owns at least one chunk (memories, owned documents)."""
+        with self._errors("list chunk owners"):
+            col = (
+                self._chunks.search().where("owner != ''").select(["owner"]).limit(None).to_arrow()
+            )
+        return sorted(set(col["owner"].to_pylist()))
+
+    def owned_chunks(self, user_id: str) -> list[Chunk]:
+        """Every chunk `user_id` owns, with vectors, by id."""
+        with self._errors("read owned chunks"):
+            rows = (
+                self._chunks.search()
+                .where(f"owner = {sql_literal(user_id)}")
+                .limit(None)
+                .to_arrow()
+                .to_pylist()
+            )
+        return sorted((self._row_to_chunk(r) for r in rows), key=lambda c: c.id)
+
+    def shared_chunks(self) -> list[Chunk]:
+        """Every shared (unowned) chunk, with vectors, by id."""
+        with self._errors("read shared chunks"):
+            rows = self._chunks.search().where("owner = ''").limit(None).to_arrow().to_pylist()
+        return sorted((self._row_to_chunk(r) for r in rows), key=lambda c: c.id)
+
+    def user_settings_ids(self) -> list[str]:
+        """Every user with stored settings (consent), whether or not they have data."""
+        with self._errors("list user settings"):
+            col = self._users.search().select(["user_id"]).limit(None).to_arrow()["user_id"]
+        return sorted(set(col.to_pylist()))
+
+    def read_user_turns(self, user_id: str) -> list[StoredTurn]:
+        """Every turn of every session of `user_id`, oldest first."""
+        with self._errors("read turns"):
+            rows = (
+                self._turns.search()
+                .where(f"user_id = {sql_literal(user_id)}")
+                .limit(None)
+                .to_arrow()
+                .to_pylist()
+            )
+        out = [
+            StoredTurn(
+                id=r["id"],
+                user_id=r["user_id"],
+                session_id=r["session_id"],
+                role=r["role"],
+                text=r["text"],
+                timestamp=r["ts"],
+                model_id=r["model_id"],
+                vector=np.asarray(r["vector"], dtype=np.float32),
+            )
+            for r in rows
+        ]
+        out.sort(key=lambda t: (t.timestamp, t.id))
+        return out
+
+    def rewrite_events(self, events: Sequence[StoredEvent]) -> int:
+        """Overwrite the events with these ids (a row that is gone is not added back);
+        one commit, so a crash leaves each row either old or new."""
+        if not events:
+            return 0
+        self._check_vectors(np.stack([np.asarray(e.vector) for e in events]), "rewrite_events")
+        rows = [
+            {
+                "id": e.id,
+                "user_id": e.user_id,
+                "kind": e.kind,
+                "weight": float(e.weight),
+                "ts": e.timestamp.astimezone(timezone.utc),
+                "item_id": e.item_id,
+                "text": e.text,
+                "session_id": e.session_id,
+                "model_id": e.model_id,
+                "vector": np.asarray(e.vector, dtype=np.float32).tolist(),
+            }
+            for e in events
+        ]
+        return self._rewrite(self._events, rows, self._event_schema(), "rewrite events")
+
+    def rewrite_turns(self, turns: Sequence[StoredTurn]) -> int:
+        """Overwrite the turns with these ids, like `rewrite_events`."""
+        if not turns:
+            return 0
+        self._check_vectors(np.stack([np.asarray(t.vector) for t in turns]), "rewrite_turns")
+        rows = [
+            {
+                "id": t.id,
+                "user_id": t.user_id,
+                "session_id": t.session_id,
+                "role": t.role,
+                "text": t.text,
+                "ts": t.timestamp.astimezone(timezone.utc),
+                "model_id": t.model_id,
+                "vector": np.asarray(t.vector, dtype=np.float32).tolist(),
+            }
+            for t in turns
+        ]
+        return self._rewrite(self._turns, rows, self._turn_schema(), "rewrite turns")
+
+    def _rewrite(self, table: Any, rows: list[dict[str, Any]], schema: Any, what: str) -> int:
+        data = self._pa.Table.from_pylist(rows, schema=schema)
+        with self._lock, self._errors(what):
+            table.merge_insert("id").when_matched_update_all().execute(data)
+            # The old row versions would otherwise stay readable by time travel.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+        return len(rows)
+
+    def drop_old_versions(self) -> None:
+        """Compact every table and delete older versions and unreferenced files, so rows
+        that were rewritten (re-sealed, re-embedded) are gone from disk, not just hidden."""
+        with self._lock, self._errors("drop old versions"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            for table in (self._chunks, self._events, self._turns, self._users):
+                table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+            self._unindexed = 0
 
     def known_users(self) -> list[str]:
         with self._errors("list users"):

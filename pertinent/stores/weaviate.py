@@ -104,6 +104,13 @@ _EVENT_PROPS = [
 _TURN_PROPS = ["turn_id", "user_id", "session_id", "role", "text", "ts", "model_id"]
 
 
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 def tenant_for(user_id: str) -> str:
     """The tenant (and owner key) of a user.
 
@@ -199,7 +206,7 @@ class WeaviateStore:
         try:
             import grpc  # type: ignore[import-untyped]
             import weaviate
-            from weaviate.classes.init import AdditionalConfig, Auth, Timeout
+            from weaviate.classes.init import AdditionalConfig, Auth, GrpcConfig, Timeout
             from weaviate.proto.v1 import (
                 aggregate_pb2,
                 base_pb2,
@@ -264,7 +271,11 @@ class WeaviateStore:
                 grpc_secure=secure,
                 auth_credentials=Auth.api_key(api_key) if api_key else None,
                 additional_config=AdditionalConfig(
-                    timeout=Timeout(query=timeout_s, insert=timeout_s, init=timeout_s)
+                    timeout=Timeout(query=timeout_s, insert=timeout_s, init=timeout_s),
+                    # gRPC's reconnect backoff grows to 120 s: a cluster back after a long
+                    # outage would go unnoticed for up to two minutes. Capped at 1 s, the
+                    # circuit breaker's half-open trial finds it within a second.
+                    grpc_config=GrpcConfig(channel_options=_CHANNEL_OPTIONS),
                 ),
                 # init checks ask PyPI for the latest client version and ping gRPC health;
                 # the first is impossible offline, and the first real call tests gRPC anyway.
@@ -530,6 +541,13 @@ class WeaviateStore:
                     f"{where} (gRPC port {self._grpc_port}) cannot be reached ({what}) {tries}: "
                     f"{details}. Check that the cluster is running and that the URL and gRPC "
                     "port are right."
+                )
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                # Overloaded (rate limit, memory pressure): worth a later try, and if it
+                # persists the breaker gives the cluster room instead of piling on.
+                return True, StoreUnavailable(
+                    f"{where} is overloaded ({what}) {tries}: [RESOURCE_EXHAUSTED] {details}. "
+                    "Reduce the request rate or scale the cluster."
                 )
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return True, StoreUnavailable(
@@ -1098,30 +1116,32 @@ class WeaviateStore:
             return
         vectors = np.stack([np.asarray(e.vector, dtype=np.float32) for e in events])
         self._check_vectors(vectors, "append_events")
-        pending = [
-            _Pending(
-                e.id,
-                self._object(
-                    self._names.events,
-                    _uid("event", e.id),
-                    {
-                        "event_id": e.id,
-                        "user_id": e.user_id,
-                        "kind": e.kind,
-                        "weight": float(e.weight),
-                        "ts": _rfc3339(e.timestamp),
-                        "item_id": e.item_id,
-                        "text": e.text,
-                        "session_id": e.session_id,
-                        "model_id": e.model_id,
-                    },
-                    vector=vectors[i],
-                    tenant=tenant_for(e.user_id),
-                ),
-            )
-            for i, e in enumerate(events)
-        ]
+        pending = [self._event_object(e, vectors[i]) for i, e in enumerate(events)]
         self._write("append events", pending + self._registry({e.user_id for e in events}))
+
+    def _event_object(self, e: StoredEvent, vector: Vector) -> _Pending:
+        """The object of an event in its user's tenant; its uuid is the event id's, so
+        writing it again replaces the event."""
+        return _Pending(
+            e.id,
+            self._object(
+                self._names.events,
+                _uid("event", e.id),
+                {
+                    "event_id": e.id,
+                    "user_id": e.user_id,
+                    "kind": e.kind,
+                    "weight": float(e.weight),
+                    "ts": _rfc3339(e.timestamp),
+                    "item_id": e.item_id,
+                    "text": e.text,
+                    "session_id": e.session_id,
+                    "model_id": e.model_id,
+                },
+                vector=vector,
+                tenant=tenant_for(e.user_id),
+            ),
+        )
 
     def read_events(self, user_id: str) -> list[StoredEvent]:
         rows: list[Any] = []
@@ -1159,29 +1179,30 @@ class WeaviateStore:
             return
         vectors = np.stack([np.asarray(t.vector, dtype=np.float32) for t in turns])
         self._check_vectors(vectors, "append_turns")
-        pending = [
-            _Pending(
-                t.id,
-                self._object(
-                    self._names.turns,
-                    _uid("turn", t.id),
-                    {
-                        "turn_id": t.id,
-                        "user_id": t.user_id,
-                        "session_id": t.session_id,
-                        "session_key": _key(t.session_id),
-                        "role": t.role,
-                        "text": t.text,
-                        "ts": _rfc3339(t.timestamp),
-                        "model_id": t.model_id,
-                    },
-                    vector=vectors[i],
-                    tenant=tenant_for(t.user_id),
-                ),
-            )
-            for i, t in enumerate(turns)
-        ]
+        pending = [self._turn_object(t, vectors[i]) for i, t in enumerate(turns)]
         self._write("append turns", pending + self._registry({t.user_id for t in turns}))
+
+    def _turn_object(self, t: StoredTurn, vector: Vector) -> _Pending:
+        """The object of a session turn in its user's tenant (uuid from the turn id)."""
+        return _Pending(
+            t.id,
+            self._object(
+                self._names.turns,
+                _uid("turn", t.id),
+                {
+                    "turn_id": t.id,
+                    "user_id": t.user_id,
+                    "session_id": t.session_id,
+                    "session_key": _key(t.session_id),
+                    "role": t.role,
+                    "text": t.text,
+                    "ts": _rfc3339(t.timestamp),
+                    "model_id": t.model_id,
+                },
+                vector=vector,
+                tenant=tenant_for(t.user_id),
+            ),
+        )
 
     def read_turns(self, user_id: str, session_id: str) -> list[StoredTurn]:
         tenant = tenant_for(user_id)
@@ -1201,26 +1222,130 @@ class WeaviateStore:
             if len(rows) >= _MAX_RESULTS:
                 # Past Weaviate's result cap a filter cannot page; scan the user's turns.
                 rows = list(self._scan("read turns", self._names.turns, _TURN_PROPS, tenant=tenant))
-        out = []
-        for r in rows:
-            p = self._props(r)
-            vector = self._vector(r)
-            if p.get("user_id") != user_id or p.get("session_id") != session_id or vector is None:
-                continue
-            out.append(
-                StoredTurn(
-                    id=p["turn_id"],
-                    user_id=p["user_id"],
-                    session_id=p["session_id"],
-                    role=p["role"],
-                    text=p["text"],
-                    timestamp=_parse_date(p["ts"]),
-                    model_id=p.get("model_id", ""),
-                    vector=vector,
-                )
-            )
+        out = [
+            t
+            for t in map(self._stored_turn, rows)
+            if t is not None and t.user_id == user_id and t.session_id == session_id
+        ]
         out.sort(key=lambda t: (t.timestamp, t.id))
         return out
+
+    def _stored_turn(self, result: Any) -> StoredTurn | None:
+        """A turn object as a `StoredTurn`; None for one without its vector (damage)."""
+        p = self._props(result)
+        vector = self._vector(result)
+        if vector is None:
+            return None
+        return StoredTurn(
+            id=p["turn_id"],
+            user_id=p["user_id"],
+            session_id=p["session_id"],
+            role=p["role"],
+            text=p["text"],
+            timestamp=_parse_date(p["ts"]),
+            model_id=p.get("model_id", ""),
+            vector=vector,
+        )
+
+    # ------------------------------------------------------------------ rewriting
+    # What key rotation needs (`RewritableStore`): every user-owned object, and
+    # rewriting objects in place. An object is rewritten by writing it again under the
+    # same uuid in the same tenant; Weaviate's batch write replaces the object whole, so
+    # no property of the old version (a plaintext item id, say) survives.
+
+    def chunk_owners(self) -> list[str]:
+        """Every user that owns at least one chunk. A scan of every chunk without
+        vectors: Weaviate's cursor cannot be combined with a filter."""
+        rows = self._scan("list chunk owners", self._names.chunks, ["owner"], vectors=False)
+        return sorted({owner for r in rows if (owner := self._props(r).get("owner"))})
+
+    def owned_chunks(self, user_id: str) -> list[Chunk]:
+        """Every chunk `user_id` owns, with vectors, by id."""
+        mine = self._filter("owner_key", "eq", tenant_for(user_id))
+        reply = self._search(
+            "read owned chunks",
+            self._request(self._names.chunks, limit=_MAX_RESULTS, props=_CHUNK_PROPS, filters=mine),
+        )
+        rows = list(reply.results)
+        if len(rows) >= _MAX_RESULTS:
+            # Past Weaviate's result cap a filter cannot page; scan every chunk.
+            rows = list(self._scan("read owned chunks", self._names.chunks, _CHUNK_PROPS))
+        chunks = (self._chunk(r) for r in rows)
+        return sorted((c for c in chunks if c.owner == user_id), key=lambda c: c.id)
+
+    def read_user_turns(self, user_id: str) -> list[StoredTurn]:
+        """Every turn of every session of `user_id`, oldest first."""
+        rows: list[Any] = []
+        with self._missing_tenant_is_empty():
+            rows = list(
+                self._scan("read turns", self._names.turns, _TURN_PROPS, tenant=tenant_for(user_id))
+            )
+        out = [t for t in map(self._stored_turn, rows) if t is not None and t.user_id == user_id]
+        out.sort(key=lambda t: (t.timestamp, t.id))
+        return out
+
+    def rewrite_events(self, events: Sequence[StoredEvent]) -> int:
+        """Replace the events with these ids. An event that is gone (its user forgotten
+        meanwhile) is not written back, which would recreate the user's tenant."""
+        if not events:
+            return 0
+        vectors = np.stack([np.asarray(e.vector, dtype=np.float32) for e in events])
+        self._check_vectors(vectors, "rewrite_events")
+        present = self._present(self._names.events, "event", [(e.id, e.user_id) for e in events])
+        pending = [
+            self._event_object(e, vectors[i])
+            for i, e in enumerate(events)
+            if (tenant_for(e.user_id), _uid("event", e.id)) in present
+        ]
+        self._write("rewrite events", pending)
+        return len(pending)
+
+    def rewrite_turns(self, turns: Sequence[StoredTurn]) -> int:
+        """Replace the turns with these ids, like `rewrite_events`."""
+        if not turns:
+            return 0
+        vectors = np.stack([np.asarray(t.vector, dtype=np.float32) for t in turns])
+        self._check_vectors(vectors, "rewrite_turns")
+        present = self._present(self._names.turns, "turn", [(t.id, t.user_id) for t in turns])
+        pending = [
+            self._turn_object(t, vectors[i])
+            for i, t in enumerate(turns)
+            if (tenant_for(t.user_id), _uid("turn", t.id)) in present
+        ]
+        self._write("rewrite turns", pending)
+        return len(pending)
+
+    def _present(
+        self, collection: str, kind: str, records: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """(tenant, uuid) of those (record id, user id) whose object exists."""
+        by_tenant: dict[str, list[str]] = {}
+        for record_id, user_id in records:
+            by_tenant.setdefault(tenant_for(user_id), []).append(_uid(kind, record_id))
+        found: set[tuple[str, str]] = set()
+        for tenant, uids in by_tenant.items():
+            with self._missing_tenant_is_empty():
+                for start in range(0, len(uids), _MAX_RESULTS):
+                    part = uids[start : start + _MAX_RESULTS]
+                    reply = self._search(
+                        f"find the {kind}s to rewrite",
+                        self._request(
+                            collection,
+                            limit=len(part),
+                            props=[f"{kind}_id"],
+                            vectors=False,
+                            filters=self._filter("_id", "any", part),
+                            tenant=tenant,
+                        ),
+                    )
+                    found.update((tenant, str(self._uuid(r))) for r in reply.results)
+        return found
+
+    def drop_old_versions(self) -> None:
+        """Nothing to drop through the API: Weaviate keeps no readable versions of a
+        replaced or deleted object. Its old bytes stay in the cluster's on-disk segments
+        until Weaviate's background compaction merges them, so a disk image or backup
+        taken right after a rotation may still hold them (docs/privacy.md)."""
 
     def known_users(self) -> list[str]:
         return sorted(

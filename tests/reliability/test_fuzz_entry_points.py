@@ -1,6 +1,7 @@
 """Bad-input fuzzing of every public entry point: only `PertinentError` subclasses may
 escape, and the store is intact afterwards. (A long run lives outside CI:
-`HYPOTHESIS_PROFILE=long python -m pytest tests/reliability/test_fuzz_entry_points.py`.)"""
+`HYPOTHESIS_PROFILE=long FUZZ_EXAMPLES=3000 python -m pytest
+tests/reliability/test_fuzz_entry_points.py`; docs/reliability.md has the last result.)"""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from conftest import CORPUS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,9 +28,10 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+LONG_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20000"))
 settings.register_profile(
     "long",
-    max_examples=20_000,
+    max_examples=LONG_EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -197,7 +200,7 @@ def test_pack(
     assert out.token_count <= max_tokens
 
 
-@settings(settings.get_profile(PROFILE), max_examples=15)
+@settings(settings.get_profile(PROFILE), max_examples=15 if PROFILE == "ci" else LONG_EXAMPLES)
 @given(
     argv=st.lists(
         st.one_of(
@@ -235,3 +238,16 @@ def test_cli_arguments(tmp_path_factory: Any, argv: list[str]) -> None:
         assert exc.code in (0, 2)
         return
     assert code in (0, 2)
+
+
+def test_a_path_too_long_for_the_file_system_is_a_document_load_error(
+    loaded: pertinent.Pertinent, capsys: Any
+) -> None:
+    """Found by the long fuzzing run (docs/reliability.md): `Path.is_dir()` and
+    `Path.exists()` raise OSError(ENAMETOOLONG) instead of answering False."""
+    with pytest.raises(pertinent.DocumentLoadError, match="File name too long"):
+        loaded.ingest(Path("x" * 5000), show_progress=False)
+    assert cli_main(["ingest", "y" * 5000, "--data", str(Path(loaded.settings.path))]) == 2
+    err = capsys.readouterr().err
+    assert "DocumentLoadError" in err and "File name too long" in err
+    _intact(loaded)

@@ -1,0 +1,181 @@
+"""Soak test (issue 9, part 6; outside CI): many retrieves in one process, measuring
+resident memory (RSS), open file descriptors and threads over time, then checking that
+closing pertinent gives back its descriptors and threads.
+
+The store is embedded (LanceDB) with the project's README and docs/ as the corpus.
+Each retrieve is for one of `--users` users, in one of five sessions each; every 10th
+(`--remember-every`) remembers the query (an event and a session turn: the logs grow)
+and every 20th (`--record-every`) records an `accept`. The profile and session caches
+are set smaller than the number of users (`--cache`), so eviction and refolding run all
+the time. Queries come from a pool of `--queries` texts (the query-embedding LRU holds
+them after the first round).
+
+Usage: python bench/soak_retrieve.py [--retrieves 100000] [--users 1000] [--cache 200]
+       [--samples 20] [--queries 2000] [--remember-every 10] [--record-every 20]
+Prints one line per sample (retrieves, seconds, RSS MiB, fds, threads) and the summary
+(RSS at start/middle/end, growth over the second half). Exits 1 if descriptors or
+threads are not released on close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("LANCEDB_LOG", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pertinent
+from pertinent import Event
+from pertinent.demo import find_project_root
+
+WORDS = tuple(
+    [
+        "keys",
+        "rotate",
+        "budget",
+        "tokens",
+        "session",
+        "profile",
+        "store",
+        "weaviate",
+        "lancedb",
+        "hybrid",
+        "search",
+        "rerank",
+        "memory",
+        "forget",
+        "consent",
+        "events",
+        "packing",
+        "citations",
+        "retention",
+        "audit",
+        "encryption",
+        "latency",
+        "cache",
+        "breaker",
+        "degraded",
+        "fallback",
+        "langchain",
+        "llamaindex",
+        "chunk",
+        "overlap",
+    ]
+)
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--retrieves", type=int, default=100_000)
+    ap.add_argument("--users", type=int, default=1000)
+    ap.add_argument("--cache", type=int, default=200, help="profile and session cache sizes")
+    ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--remember-every", type=int, default=10, help="0: never remember")
+    ap.add_argument("--record-every", type=int, default=20, help="0: never record")
+    ap.add_argument(
+        "--lancedb-cache-mib",
+        type=int,
+        default=64,
+        help="Settings.lancedb_cache_mib: LanceDB's index and metadata caches, MiB each; "
+        "0: LanceDB's own defaults (gigabytes)",
+    )
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    queries = [
+        f"how does {rng.choice(WORDS)} work with {rng.choice(WORDS)} and {rng.choice(WORDS)}?"
+        for _ in range(args.queries)
+    ]
+
+    root = find_project_root()
+    docs = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    tmp = tempfile.TemporaryDirectory(prefix="pertinent-soak-")
+    settings = pertinent.Settings(
+        lancedb_cache_mib=args.lancedb_cache_mib,
+        profile_cache_size=args.cache,
+        session_cache_size=args.cache,
+        show_progress=False,
+    )
+    # the model is loaded (and run once) first: its files and torch's threads are not
+    # the store's, and stay for the life of the process
+    embedder = pertinent.CachedQueryEmbedder(pertinent.SentenceTransformerEmbedder(), 4096)
+    embedder.embed_documents(["warm up"])
+    embedder.embed_query("warm up")
+    # LanceDB starts its runtime (threads, epoll and event descriptors) on first use and
+    # keeps it for the process: one open/close first, so the baseline includes it
+    with pertinent.open(Path(tmp.name) / "warm", settings=settings, embedder=embedder) as warm:
+        warm.ingest("warm up")
+        warm.retrieve("warm up", user_id="w", session_id="w")
+    time.sleep(1.0)
+    fds_before, threads_before = fds(), threading.active_count()
+    px = pertinent.open(Path(tmp.name) / "store", settings=settings, embedder=embedder)
+    report = px.ingest(docs)
+    print(f"corpus: {report.documents} documents, {report.chunks} chunks")
+    chunk_ids = [r.id for r in px.search("pertinent", top_k=10)]
+
+    every = max(1, args.retrieves // args.samples)
+    samples: list[tuple[int, float, float, int, int]] = []
+    t0 = time.perf_counter()
+    print(f"{'retrieves':>9} {'seconds':>8} {'RSS MiB':>8} {'fds':>5} {'threads':>7}")
+    for i in range(1, args.retrieves + 1):
+        user = f"u{rng.randrange(args.users)}"
+        ctx = px.retrieve(
+            queries[i % len(queries)],
+            user_id=user,
+            session_id=f"s{i % 5}",
+            remember=args.remember_every > 0 and i % args.remember_every == 0,
+        )
+        if args.record_every > 0 and i % args.record_every == 0 and ctx.results:
+            px.record(user, Event(kind="accept", item_id=rng.choice(chunk_ids)))
+        if i % every == 0 or i == 1:
+            s = (i, time.perf_counter() - t0, rss_mib(), fds(), threading.active_count())
+            samples.append(s)
+            print(f"{s[0]:>9} {s[1]:>8.0f} {s[2]:>8.0f} {s[3]:>5} {s[4]:>7}", flush=True)
+    cached = (len(px._profiles), len(px._sessions), len(px._consents))
+    px.close()
+    time.sleep(1.0)  # the executor's threads exit after shutdown(wait=False)
+    fds_after, threads_after = fds(), threading.active_count()
+    tmp.cleanup()
+
+    first = samples[1] if len(samples) > 1 else samples[0]
+    middle, last = samples[len(samples) // 2], samples[-1]
+    print()
+    print(f"retrieves: {args.retrieves} in {last[1]:.0f} s ({args.retrieves / last[1]:.0f}/s)")
+    print(
+        f"RSS MiB: start {first[2]:.0f} (after {first[0]}), middle {middle[2]:.0f} "
+        f"(after {middle[0]}), end {last[2]:.0f} (after {last[0]})"
+    )
+    print(f"RSS growth over the second half: {last[2] - middle[2]:+.0f} MiB")
+    print(f"cached profiles, sessions, consents at the end: {cached} (--cache {args.cache})")
+    top = max(s[3] for s in samples)
+    print(f"fds: before open {fds_before}, during (max) {top}, after close {fds_after}")
+    print(f"threads: before open {threads_before}, after close {threads_after}")
+    leaked = fds_after > fds_before + 3 or threads_after > threads_before + 3
+    print("LEAK" if leaked else "released on close: OK")
+    return 1 if leaked else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Resource bounds: every in-memory cache has a size in Settings and stays under it (an
+evicted profile is refolded, not lost), and opening and closing pertinent many times
+leaks no file descriptors, threads or connections. (100k retrieves with an RSS curve
+run outside CI: bench/soak_retrieve.py.)"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import CORPUS
+from fake_weaviate import FakeWeaviate
+
+import pertinent
+from pertinent import Event
+from pertinent.stores.resilience import LRUDict
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_lru_dict_keeps_the_most_recently_used() -> None:
+    d: LRUDict[str, int] = LRUDict(3)
+    for i, k in enumerate("abc"):
+        d[k] = i
+    assert d.get("a") == 0  # read: now the most recent
+    d["d"] = 3
+    assert sorted(d) == ["a", "c", "d"]  # b, least recently used, went
+    d["c"] = 9  # rewrite: most recent
+    d["e"] = 4
+    assert sorted(d) == ["c", "d", "e"]
+    assert d.pop("c") == 9 and d.get("zz", -1) == -1 and len(d) == 2
+    with pytest.raises(ValueError):
+        LRUDict(0)
+
+
+def test_profile_session_and_query_caches_stay_within_their_sizes(
+    tmp_path: Path, embedder: pertinent.CachedQueryEmbedder
+) -> None:
+    settings = pertinent.Settings(profile_cache_size=4, session_cache_size=3, query_cache_size=8)
+    with pertinent.open(tmp_path / "s", embedder=embedder.inner, settings=settings) as px:
+        assert isinstance(px.embedder, pertinent.CachedQueryEmbedder)
+        px.ingest(CORPUS, show_progress=False)
+        keys = px.search("rotate api keys")[0].id
+        px.record("first", [Event(kind="accept", item_id=keys)] * 3)
+        before = px.profile("first")
+        for i in range(12):
+            px.retrieve(f"question number {i} about refunds", user_id=f"u{i}", session_id="s")
+            assert len(px._profiles) <= 4
+            assert len(px._sessions) <= 3
+            assert len(px._consents) <= 4
+            assert len(px.embedder._cache) <= 8
+        assert "first" not in px._profiles  # evicted ...
+        after = px.profile("first")  # ... and refolded from the log, identically
+        assert after.gate == pytest.approx(before.gate)
+        assert after.positive is not None and before.positive is not None
+        assert float(after.positive @ before.positive) == pytest.approx(1.0, abs=1e-5)
+
+
+def _cycle_embedded(path: Path, embedder: pertinent.CachedQueryEmbedder, i: int) -> None:
+    with pertinent.open(path, embedder=embedder) as px:
+        if i == 0:
+            px.ingest(CORPUS, show_progress=False)
+        px.retrieve("rotate api keys", user_id=f"u{i % 3}", session_id="s")
+        px.record(f"u{i % 3}", Event(kind="query", text="refunds"))
+
+
+def test_open_close_cycles_release_file_handles_and_threads(
+    tmp_path: Path, embedder: pertinent.CachedQueryEmbedder
+) -> None:
+    path = tmp_path / "store"
+    for i in range(3):  # warm-up: lazy imports, LanceDB's runtime threads
+        _cycle_embedded(path, embedder, i)
+    fds, threads = open_fds(), threading.active_count()
+    for i in range(3, 15):
+        _cycle_embedded(path, embedder, i)
+    # one descriptor or thread kept per open would show as +12
+    assert open_fds() - fds <= 3, sorted(os.listdir("/proc/self/fd"))
+    assert threading.active_count() - threads <= 3
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeWeaviate]:
+    with FakeWeaviate() as f:
+        yield f
+
+
+def test_weaviate_clients_are_closed_with_pertinent(
+    fake: FakeWeaviate, embedder: pertinent.CachedQueryEmbedder
+) -> None:
+    def cycle() -> None:
+        with pertinent.open(url=fake.url, grpc_port=fake.grpc_port, embedder=embedder) as px:
+            px.search("rotate api keys")
+
+    for _ in range(2):
+        cycle()
+    fds = open_fds()
+    for _ in range(15):
+        cycle()
+    # each open makes a REST connection pool and a gRPC channel (sockets): all closed
+    assert open_fds() - fds <= 3
