@@ -1,0 +1,146 @@
+"""Every benchmark at a tiny size, so the scripts cannot rot. No timing is asserted:
+only that each produces complete, sane output (counts, recall and nDCG in [0, 1],
+the generated doc block between its markers)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+for _mod in ("faiss", "rank_bm25", "langchain_community", "bm25s", "psutil"):
+    pytest.importorskip(_mod)
+pytest.importorskip("llama_index.retrievers.bm25")
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import bench_alternatives  # noqa: E402
+import bench_scale  # noqa: E402
+import bench_throughput  # noqa: E402
+import corpus  # noqa: E402
+import run_all  # noqa: E402
+
+CHUNKS = 200
+
+
+@pytest.fixture(scope="module")
+def bench_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private vector cache: the tiny corpus is embedded once for the whole module."""
+    cache = tmp_path_factory.mktemp("xdg")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def scale(bench_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    r = bench_scale.run(
+        CHUNKS,
+        20,
+        warmup=2,
+        users=4,
+        per_user=15,
+        embed_missing=True,
+        workdir=tmp_path_factory.mktemp("scale"),
+    )
+    return r.as_dict()
+
+
+@pytest.fixture(scope="module")
+def cranfield_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Cranfield-format directory of 30 corpus chunks and 4 judged queries."""
+    d = tmp_path_factory.mktemp("cranfield")
+    with (d / "corpus.jsonl").open("w") as f:
+        for i in range(30):
+            row = {"id": str(i + 1), "title": "", "text": corpus.chunk_text(i)}
+            f.write(json.dumps(row) + "\n")
+    with (d / "queries.jsonl").open("w") as f:
+        for q in range(4):
+            words = corpus.chunk_text(q).split()[3:7]
+            f.write(json.dumps({"id": str(q + 1), "text": " ".join(words)}) + "\n")
+    (d / "qrels.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q + 1}\t{q + 1}\t1\n" for q in range(4))
+    )
+    return d
+
+
+def test_scale_reports_every_stage_and_a_recall(scale: dict[str, Any]) -> None:
+    assert scale["chunks"] == CHUNKS and scale["real_vectors"] == CHUNKS
+    assert set(scale["totals"]) == {"bare-hybrid", "retrieve-cold", "retrieve-warm"}
+    assert all(t["n"] == 20 and 0 < t["median"] <= t["p95"] for t in scale["totals"].values())
+    warm, cold = scale["stages"]["retrieve-warm"], scale["stages"]["retrieve-cold"]
+    for stage in ("embed_query", "hybrid_search", "rescore", "mmr", "pack"):
+        assert warm[stage]["n"] == 20 and cold[stage]["n"] == 20
+    assert "user_leg" in warm and "user_leg" not in cold  # a cold user has no user leg
+    assert 0.0 <= scale["recall"]["min"] <= scale["recall"]["recall"] <= 1.0
+    assert scale["users"]["events"] == 4 * 15
+    assert "markdown" not in scale
+    table = bench_scale.markdown([bench_scale.ScaleResult(**scale)])
+    assert table.count("| 200 |") == 3 + 2 + 1  # totals, stage rows, index row
+
+
+SYSTEMS = {"pertinent-search", "pertinent-retrieve", "langchain-ensemble", "llamaindex-fusion"}
+
+
+@pytest.fixture(scope="module")
+def alternatives(scale: dict[str, Any], cranfield_dir: Path) -> dict[str, Any]:
+    # `scale` first: it fills the vector cache this reads.
+    return {
+        "speed": bench_alternatives.speed(CHUNKS, 10, warmup=2),
+        "quality": bench_alternatives.quality(cranfield_dir),
+    }
+
+
+def test_alternatives_run_on_the_same_texts(alternatives: dict[str, Any]) -> None:
+    speed, quality = alternatives["speed"], alternatives["quality"]
+    systems = SYSTEMS
+    assert set(speed["totals"]) == systems
+    assert all(t["n"] == 10 for t in speed["totals"].values())
+    assert all(0.0 <= v <= 1.0 for v in speed["overlap_with_langchain"].values())
+    assert speed["overlap_with_langchain"]["langchain-ensemble"] == 1.0
+    assert quality["queries"] == 4 and quality["documents"] == 30
+    assert set(quality["ndcg@10"]) == systems
+    assert all(0.0 <= v <= 1.0 for v in quality["ndcg@10"].values())
+    # each query is four words of its own document: every system finds some of them
+    assert all(v > 0.0 for v in quality["ndcg@10"].values())
+
+
+def test_throughput_parts_and_the_generated_doc(
+    scale: dict[str, Any], alternatives: dict[str, Any], bench_cache: Path, tmp_path: Path
+) -> None:
+    tp = bench_throughput.run(
+        small=True, events=200, ingest_docs=8, memory_chunks=CHUNKS, memory_users=20
+    )
+    assert tp["record"]["log_events"] == 200
+    assert tp["record"]["batched_events_per_s"] > 0 and tp["record"]["rebuild_ms"] > 0
+    assert tp["ingest"]["chunks"] >= 8 and tp["ingest"]["ratio"] > 0
+    assert tp["packing"]["cached"]["passages_per_s"] > 0
+    w = tp["weaviate"]
+    assert set(w) >= {"anonymous", "warm user", "warm user (remember)"}
+    assert all(v["search_calls"] >= 1 for v in w.values())  # every retrieve searches
+    mem = tp["memory"]
+    assert mem["users"] == 20 and mem["rss_serving_mb"] >= mem["rss_start_mb"] > 0
+
+    res: dict[str, Any] = {
+        "machine": run_all.machine(),
+        "sections": {"scale": {"seconds": 1.0, "load_before": 0.5, "load_after": 0.7}},
+        "scale": [scale],
+        "alternatives": alternatives["speed"],
+        "quality": alternatives["quality"],
+        "throughput": tp,
+    }
+    block = run_all.render(res, "python bench/run_all.py --quick")
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nintro\n\n## Kept section\n\nkept\n")
+    run_all.write_doc(doc, block)
+    run_all.write_doc(doc, block)  # idempotent: replaces its own block
+    text = doc.read_text()
+    assert text.count(run_all.BEGIN) == 1 and text.count(run_all.END) == 1
+    assert "## Kept section\n\nkept" in text and text.startswith("# Benchmarks\n\nintro")
+    rows = run_all.targets(res)
+    assert len(rows) >= 9 and all(met in (True, False) for _, _, met in rows)

@@ -1,0 +1,67 @@
+"""The vector index `LanceDBStore.optimize` builds past `_VECTOR_INDEX_MIN_ROWS`
+(bench/bench_scale.py measured why): built once, with a bitmap on `owner`, and searches
+through it keep visibility rules and exact top-k when every partition is probed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pertinent.stores.lancedb as lance_mod
+from pertinent.stores.base import SearchFilter
+from pertinent.stores.lancedb import LanceDBStore
+from pertinent.types import Chunk
+
+DIM = 16
+ROWS = 400  # sqrt(400) = 20 IVF partitions, fewer than the probes: search is exact
+
+
+def _chunks(rng: np.random.Generator) -> list[Chunk]:
+    vecs = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return [
+        Chunk(
+            id=f"c{i}",
+            doc_id=f"d{i // 4}",
+            text=f"passage number {i}",
+            position=i % 4,
+            owner="bob" if i % 10 == 0 else None,  # every tenth chunk is private to bob
+            model_id="m",
+            vector=vecs[i],
+        )
+        for i in range(ROWS)
+    ]
+
+
+def test_optimize_indexes_vectors_past_the_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lance_mod, "_VECTOR_INDEX_MIN_ROWS", ROWS)
+    store = LanceDBStore(tmp_path / "s", model_id="m", dim=DIM)
+    chunks = _chunks(np.random.default_rng(0))
+    store.upsert_chunks(chunks[: ROWS // 2])
+    store.optimize()
+    assert not store._has_vector_index  # below the threshold: flat scan, exact
+    store.upsert_chunks(chunks[ROWS // 2 :])
+    store.optimize()
+    assert store._has_vector_index
+    kinds = {ix.index_type: list(ix.columns) for ix in store._chunks.list_indices()}
+    assert kinds.get("IvfFlat") == ["vector"] and kinds.get("Bitmap") == ["owner"]
+
+    matrix = np.stack([c.vector for c in chunks])
+    shared = np.array([c.owner is None for c in chunks])
+    for q in np.random.default_rng(1).normal(size=(5, DIM)).astype(np.float32):
+        q /= np.linalg.norm(q)
+        scores = np.where(shared, matrix @ q, -np.inf)
+        exact = [f"c{i}" for i in np.argsort(-scores)[:10]]
+        hits = store.vector_search(q, k=10, where=SearchFilter())
+        assert [h.id for h in hits] == exact  # bob's chunks stay invisible to others
+        bob = store.vector_search(q, k=10, where=SearchFilter(user_id="bob"))
+        assert [h.id for h in bob] == [f"c{i}" for i in np.argsort(-(matrix @ q))[:10]]
+
+    reopened = LanceDBStore(tmp_path / "s", model_id="m", dim=DIM)
+    assert reopened._has_vector_index  # found again, not rebuilt
+    store.close()
+    reopened.close()
