@@ -450,7 +450,7 @@ class Pertinent:
             text_vectors = {t: v for t, v in (text_vectors or {}).items() if t in kept}
             batch = redacted
         item_ids = sorted({e.item_id for e in batch if e.item_id})
-        items = {c.id: c for c in self.store.get_chunks(item_ids, user_id=user_id)}
+        items = self.store.get_vectors(item_ids, user_id=user_id)
         known = dict(text_vectors or {})
         texts = sorted(
             {
@@ -465,8 +465,8 @@ class Pertinent:
         stored: list[StoredEvent] = []
         for e in batch:
             vector: Vector
-            if e.item_id and e.item_id in items and items[e.item_id].vector is not None:
-                vector = np.asarray(items[e.item_id].vector, dtype=np.float32)
+            if e.item_id and e.item_id in items:
+                vector = np.asarray(items[e.item_id], dtype=np.float32)
             elif e.text and e.text in known:
                 vector = np.asarray(known[e.text], dtype=np.float32)
             else:
@@ -506,11 +506,13 @@ class Pertinent:
         with self._lock(("user", user_id)):
             profile = self._profiles.get(user_id)
             if profile is None:
-                events = self.store.read_events(user_id)
+                log = self.store.read_event_arrays(user_id)
                 s = self.settings
-                profile = UserProfile.rebuild(
+                profile = UserProfile.from_arrays(
                     self.embedder.dim,
-                    [(e.vector, e.weight, e.timestamp) for e in events],
+                    log.vectors,
+                    log.weights,
+                    log.times,
                     half_life_days=s.half_life_days,
                     interests=s.interests,
                     interest_threshold=s.interest_threshold,

@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from pertinent.errors import StoreNotWritable
-from pertinent.stores.base import SearchFilter, Store, StoredEvent, StoredTurn
+from pertinent.stores.base import (
+    EventArrays,
+    SearchFilter,
+    Store,
+    StoredEvent,
+    StoredTurn,
+    event_arrays,
+)
 from pertinent.types import Chunk, Hit, Vector
 
 __all__ = ["SearchReplica"]
@@ -186,6 +193,9 @@ class SearchReplica:
     def get_chunks(self, ids: Sequence[str], *, user_id: str | None = None) -> list[Chunk]:
         return self.store.get_chunks(ids, user_id=user_id)
 
+    def get_vectors(self, ids: Sequence[str], *, user_id: str | None = None) -> dict[str, Vector]:
+        return self.store.get_vectors(ids, user_id=user_id)
+
     def count_chunks(self) -> int:
         return len(self._chunks)
 
@@ -197,6 +207,9 @@ class SearchReplica:
         if events is None:
             events = self._events[user_id] = self.store.read_events(user_id)
         return list(events)
+
+    def read_event_arrays(self, user_id: str) -> EventArrays:
+        return event_arrays(self.read_events(user_id), self.dim)
 
     def read_turns(self, user_id: str, session_id: str) -> list[StoredTurn]:
         return self.store.read_turns(user_id, session_id)

@@ -47,7 +47,14 @@ from pertinent.errors import (
     InvalidInput,
     MissingDependency,
 )
-from pertinent.stores.base import SearchFilter, Store, StoredEvent, StoredTurn
+from pertinent.stores.base import (
+    EventArrays,
+    SearchFilter,
+    Store,
+    StoredEvent,
+    StoredTurn,
+    event_arrays,
+)
 from pertinent.types import Chunk, Hit, Vector
 
 __all__ = [
@@ -466,6 +473,11 @@ class EncryptedStore:
     def get_chunks(self, ids: Sequence[str], *, user_id: str | None = None) -> list[Chunk]:
         return [self.open_chunk(c) for c in self.inner.get_chunks(ids, user_id=user_id)]
 
+    def get_vectors(self, ids: Sequence[str], *, user_id: str | None = None) -> dict[str, Vector]:
+        # `seal_chunk` seals text, title, source and metadata, never the vector (owned
+        # chunks stay vector-searchable), so the inner store's vectors are the real ones.
+        return self.inner.get_vectors(ids, user_id=user_id)
+
     def count_chunks(self) -> int:
         return self.inner.count_chunks()
 
@@ -490,6 +502,10 @@ class EncryptedStore:
 
     def read_events(self, user_id: str) -> list[StoredEvent]:
         return [self.open_event(e) for e in self.inner.read_events(user_id)]
+
+    def read_event_arrays(self, user_id: str) -> EventArrays:
+        # Sealed events keep their vector inside the sealed text: open them one by one.
+        return event_arrays(self.read_events(user_id), self.inner.dim)
 
     def append_turns(self, turns: Sequence[StoredTurn]) -> None:
         self.inner.append_turns([self.seal_turn(t) for t in turns])

@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+import numpy.typing as npt
+
 from pertinent.types import Chunk, Hit, Vector
 
-__all__ = ["SearchFilter", "Store", "StoredEvent", "StoredTurn"]
+__all__ = ["EventArrays", "SearchFilter", "Store", "StoredEvent", "StoredTurn", "event_arrays"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,40 @@ class StoredEvent:
     session_id: str | None
     model_id: str
     vector: Vector = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class EventArrays:
+    """A user's event log as columns, in `read_events` order: all a profile fold needs.
+
+    `vectors` is (n, dim) float32, `weights` and `times` (POSIX seconds, as
+    `datetime.timestamp()` gives them) are float64 of length n. Rebuilding a profile
+    from these skips building one Python object per event.
+    """
+
+    vectors: npt.NDArray[np.float32] = field(repr=False)
+    weights: npt.NDArray[np.float64] = field(repr=False)
+    times: npt.NDArray[np.float64] = field(repr=False)
+
+    def __len__(self) -> int:
+        return int(self.weights.shape[0])
+
+
+def event_arrays(events: Sequence[StoredEvent], dim: int) -> EventArrays:
+    """`EventArrays` from events already read: the fallback for stores (and wrappers,
+    e.g. encryption) that have no column-wise read."""
+    vectors = (
+        np.stack([np.asarray(e.vector, dtype=np.float32) for e in events])
+        if events
+        else np.zeros((0, dim), dtype=np.float32)
+    )
+    return EventArrays(
+        vectors=vectors,
+        weights=np.fromiter((e.weight for e in events), dtype=np.float64, count=len(events)),
+        times=np.fromiter(
+            (e.timestamp.timestamp() for e in events), dtype=np.float64, count=len(events)
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -92,6 +129,11 @@ class Store(Protocol):
         """Chunks by id, with vectors; owned chunks only for their owner."""
         ...
 
+    def get_vectors(self, ids: Sequence[str], *, user_id: str | None = None) -> dict[str, Vector]:
+        """Just the vectors of `get_chunks(ids, user_id=...)`, by id (absent ids left out).
+        `record` needs only these; a backend can read them without building chunks."""
+        ...
+
     def count_chunks(self) -> int: ...
 
     def document_ids(self) -> list[str]: ...
@@ -112,6 +154,11 @@ class Store(Protocol):
     def append_events(self, events: Sequence[StoredEvent]) -> None: ...
 
     def read_events(self, user_id: str) -> list[StoredEvent]: ...
+
+    def read_event_arrays(self, user_id: str) -> EventArrays:
+        """`read_events` narrowed to vectors, weights and times, column-wise: the read
+        behind a profile rebuild. `event_arrays(self.read_events(...), dim)` is correct."""
+        ...
 
     def append_turns(self, turns: Sequence[StoredTurn]) -> None: ...
 

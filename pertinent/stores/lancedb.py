@@ -38,7 +38,13 @@ from pertinent.errors import (
     StoreNotWritable,
     StoreUnavailable,
 )
-from pertinent.stores.base import SearchFilter, StoredEvent, StoredTurn
+from pertinent.stores.base import (
+    EventArrays,
+    SearchFilter,
+    StoredEvent,
+    StoredTurn,
+    event_arrays,
+)
 from pertinent.types import Chunk, Hit, Vector
 
 __all__ = ["LanceDBStore", "sql_literal"]
@@ -503,6 +509,34 @@ class LanceDBStore:
         by_id = {r["id"]: self._row_to_chunk(r) for r in rows}
         return [by_id[i] for i in ids if i in by_id]
 
+    def get_vectors(self, ids: Sequence[str], *, user_id: str | None = None) -> dict[str, Vector]:
+        # Only the id and vector columns, read column-wise: `record` needs nothing else,
+        # and building full chunks (to_pylist + JSON metadata) was most of its cost.
+        if not ids:
+            return {}
+        where = f"id IN {_in_list(list(dict.fromkeys(ids)))} AND {_owner_clause(user_id)}"
+        with self._errors("get_vectors"):
+            table = (
+                self._chunks.search()
+                .where(where)
+                .select(["id", "vector"])
+                .limit(len(ids))
+                .to_arrow()
+            )
+        found = table["id"].to_pylist()
+        vectors = self._vector_matrix(table["vector"])
+        return {i: vectors[n] for n, i in enumerate(found)}
+
+    def _vector_matrix(self, column: Any) -> np.ndarray:
+        """A fixed-size-list column as one (n, dim) float32 array, without per-row lists."""
+        flat = column.combine_chunks().flatten() if len(column) else None
+        if flat is None:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        # A copy: callers get writable arrays that do not pin Arrow buffers.
+        return np.array(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(
+            -1, self._dim
+        )
+
     def count_chunks(self) -> int:
         with self._errors("count"):
             return int(self._chunks.count_rows())
@@ -644,31 +678,75 @@ class LanceDBStore:
             self._event_writer.submit(table)
 
     def read_events(self, user_id: str) -> list[StoredEvent]:
+        # Column-wise: vectors as one matrix and scalars as whole columns; a row-wise
+        # to_pylist with one np.asarray per row dominated a profile rebuild.
+        table = self._event_table(user_id)
+        if table.num_rows == 0:
+            return []
+        vectors = self._vector_matrix(table["vector"])
+        cols = {
+            name: table[name].to_pylist()
+            for name in ("id", "user_id", "kind", "weight", "ts", "item_id", "text")
+        }
+        sessions = table["session_id"].to_pylist()
+        models = table["model_id"].to_pylist()
+        return [
+            StoredEvent(
+                id=cols["id"][n],
+                user_id=cols["user_id"][n],
+                kind=cols["kind"][n],
+                weight=float(cols["weight"][n]),
+                timestamp=cols["ts"][n],
+                item_id=cols["item_id"][n],
+                text=cols["text"][n],
+                session_id=sessions[n],
+                model_id=models[n],
+                vector=vectors[n],
+            )
+            for n in range(table.num_rows)
+        ]
+
+    def read_event_arrays(self, user_id: str) -> EventArrays:
+        import pyarrow.compute as pc
+
+        search = (
+            self._events.search()
+            .where(f"user_id = {sql_literal(user_id)}")
+            .select(["id", "weight", "ts", "vector"])
+        )
         with self._errors("read events"):
-            rows = (
+            table = search.limit(None).to_arrow()
+        if table.num_rows == 0:
+            return event_arrays([], self._dim)
+        # Sorted in numpy rather than with table.take: the vector matrix is copied once.
+        order = pc.sort_indices(
+            table.select(["ts", "id"]), sort_keys=[("ts", "ascending"), ("id", "ascending")]
+        ).to_numpy()
+        flat = table["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        micros = table["ts"].to_numpy().astype("datetime64[us]").astype(np.int64)
+        return EventArrays(
+            vectors=np.asarray(flat, dtype=np.float32).reshape(-1, self._dim)[order],
+            weights=np.asarray(table["weight"].to_numpy(), dtype=np.float64)[order],
+            # Integer microseconds / 1e6 is the very float `datetime.timestamp()` gives.
+            times=micros[order] / 1e6,
+        )
+
+    def _event_table(self, user_id: str) -> Any:
+        """The user's events as an Arrow table in (time, id) order."""
+        import pyarrow.compute as pc
+
+        with self._errors("read events"):
+            table = (
                 self._events.search()
                 .where(f"user_id = {sql_literal(user_id)}")
                 .limit(None)
                 .to_arrow()
-                .to_pylist()
             )
-        out = [
-            StoredEvent(
-                id=r["id"],
-                user_id=r["user_id"],
-                kind=r["kind"],
-                weight=float(r["weight"]),
-                timestamp=r["ts"],
-                item_id=r["item_id"],
-                text=r["text"],
-                session_id=r["session_id"],
-                model_id=r["model_id"],
-                vector=np.asarray(r["vector"], dtype=np.float32),
-            )
-            for r in rows
-        ]
-        out.sort(key=lambda e: (e.timestamp, e.id))
-        return out
+        if table.num_rows == 0:
+            return table
+        return table.take(
+            pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("id", "ascending")])
+        )
 
     def append_turns(self, turns: Sequence[StoredTurn]) -> None:
         if not turns:

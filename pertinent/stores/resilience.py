@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from pertinent.errors import StoreUnavailable
-from pertinent.stores.base import SearchFilter, Store, StoredEvent, StoredTurn
+from pertinent.stores.base import EventArrays, SearchFilter, Store, StoredEvent, StoredTurn
 from pertinent.types import Chunk, Hit, Vector
 
 __all__ = ["CircuitBreaker", "LRUDict", "ReplicatedStore", "ResilientStore"]
@@ -173,6 +173,9 @@ class ResilientStore:
     def get_chunks(self, ids: Sequence[str], *, user_id: str | None = None) -> list[Chunk]:
         return self._call("get_chunks", lambda: self.inner.get_chunks(ids, user_id=user_id))
 
+    def get_vectors(self, ids: Sequence[str], *, user_id: str | None = None) -> dict[str, Vector]:
+        return self._call("get_vectors", lambda: self.inner.get_vectors(ids, user_id=user_id))
+
     def count_chunks(self) -> int:
         return self._call("count", self.inner.count_chunks)
 
@@ -202,6 +205,9 @@ class ResilientStore:
 
     def read_events(self, user_id: str) -> list[StoredEvent]:
         return self._call("read events", lambda: self.inner.read_events(user_id))
+
+    def read_event_arrays(self, user_id: str) -> EventArrays:
+        return self._call("read events", lambda: self.inner.read_event_arrays(user_id))
 
     def append_turns(self, turns: Sequence[StoredTurn]) -> None:
         self._call("append turns", lambda: self.inner.append_turns(turns))
@@ -271,6 +277,9 @@ class ReplicatedStore:
     def get_chunks(self, ids: Sequence[str], *, user_id: str | None = None) -> list[Chunk]:
         return self.primary.get_chunks(ids, user_id=user_id)
 
+    def get_vectors(self, ids: Sequence[str], *, user_id: str | None = None) -> dict[str, Vector]:
+        return self.primary.get_vectors(ids, user_id=user_id)
+
     def count_chunks(self) -> int:
         return self.primary.count_chunks()
 
@@ -293,6 +302,9 @@ class ReplicatedStore:
 
     def read_events(self, user_id: str) -> list[StoredEvent]:
         return self.primary.read_events(user_id)
+
+    def read_event_arrays(self, user_id: str) -> EventArrays:
+        return self.primary.read_event_arrays(user_id)
 
     def append_turns(self, turns: Sequence[StoredTurn]) -> None:
         self.primary.append_turns(turns)

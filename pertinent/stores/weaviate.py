@@ -55,7 +55,13 @@ from pertinent.errors import (
     StoreError,
     StoreUnavailable,
 )
-from pertinent.stores.base import SearchFilter, StoredEvent, StoredTurn
+from pertinent.stores.base import (
+    EventArrays,
+    SearchFilter,
+    StoredEvent,
+    StoredTurn,
+    event_arrays,
+)
 from pertinent.types import Chunk, Hit, Vector
 
 if TYPE_CHECKING:
@@ -980,6 +986,12 @@ class WeaviateStore:
                 found[chunk.id] = chunk
         return [found[i] for i in ids if i in found]
 
+    def get_vectors(self, ids: Sequence[str], *, user_id: str | None = None) -> dict[str, Vector]:
+        # One search returns properties and vectors together; no narrower read saves a trip.
+        return {
+            c.id: c.vector for c in self.get_chunks(ids, user_id=user_id) if c.vector is not None
+        }
+
     def count_chunks(self) -> int:
         return self._count("count chunks", self._names.chunks)
 
@@ -1173,6 +1185,9 @@ class WeaviateStore:
             )
         out.sort(key=lambda e: (e.timestamp, e.id))
         return out
+
+    def read_event_arrays(self, user_id: str) -> EventArrays:
+        return event_arrays(self.read_events(user_id), self._dim)
 
     def append_turns(self, turns: Sequence[StoredTurn]) -> None:
         if not turns:

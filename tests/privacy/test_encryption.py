@@ -100,6 +100,15 @@ def test_user_records_reach_the_disk_only_as_ciphertext(
         memories = LongTermMemory(px).search("what is my locker code?", user_id="zoe")
         assert any(MARKER in m.text for m in memories)
         assert px.profile("zoe").gate > 0
+        # The column-wise read behind a profile rebuild opens sealed vectors too.
+        log = px.store.read_event_arrays("zoe")
+        assert np.array_equal(
+            log.vectors, np.stack([e.vector for e in px.store.read_events("zoe")])
+        )
+        assert np.all(np.abs(np.linalg.norm(log.vectors, axis=1) - 1.0) < 1e-3)
+        assert not np.any(
+            np.all(log.vectors == np.eye(1, px.embedder.dim, dtype=np.float32), axis=1)
+        )
 
 
 def test_memory_text_is_sealed_but_its_vector_stays_searchable(

@@ -203,6 +203,30 @@ def test_visibility_owner_acl_exclude(store: Store, embedder: CachedQueryEmbedde
     assert [c.id for c in store.get_chunks(["alice-note#0"], user_id="alice")] == ["alice-note#0"]
 
 
+def test_get_vectors_is_get_chunks_narrowed(store: Store, embedder: CachedQueryEmbedder) -> None:
+    store.upsert_chunks(
+        chunks_for(embedder, "public", ["shared handbook on keys", "second page"])
+        + chunks_for(embedder, "alice-note", ["alice private note on keys"], owner="alice")
+    )
+    ids = ["alice-note#0", "public#1", "missing#0", "public#0", "public#1"]
+    for user in (None, "alice", "bob"):
+        chunks = {c.id: c.vector for c in store.get_chunks(ids, user_id=user)}
+        vectors = store.get_vectors(ids, user_id=user)
+        assert set(vectors) == set(chunks)
+        for i, v in vectors.items():
+            assert v.dtype == np.float32 and v.shape == (embedder.dim,)
+            assert np.array_equal(v, chunks[i])
+    assert "alice-note#0" in store.get_vectors(["alice-note#0"], user_id="alice")
+    assert store.get_vectors(["alice-note#0"], user_id="bob") == {}
+    assert store.get_vectors([]) == {}
+    texts = ["shared handbook on keys", "second page"]
+    assert np.allclose(
+        np.stack([store.get_vectors(["public#0", "public#1"])[f"public#{i}"] for i in (0, 1)]),
+        embedder.embed_documents(texts),
+        atol=1e-6,
+    )
+
+
 def test_persists_across_reopen(
     tmp_path: Path, make_store: StoreFactory, embedder: CachedQueryEmbedder
 ) -> None:
@@ -256,6 +280,27 @@ def _event(user: str, i: int, dim: int, when: datetime) -> StoredEvent:
     )
 
 
+def test_read_events_in_time_then_id_order(store: Store, embedder: CachedQueryEmbedder) -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    hours = {3: 2, 0: 5, 4: 0, 1: 2, 2: 1}  # event index -> hours after t0; 1 and 3 tie
+    store.append_events(
+        [_event("u", i, embedder.dim, t0 + timedelta(hours=h)) for i, h in hours.items()]
+    )
+    store.append_events([_event("u", 5, embedder.dim, t0 - timedelta(hours=1))])
+    events = store.read_events("u")
+    assert [e.id for e in events] == ["u-5", "u-4", "u-2", "u-1", "u-3", "u-0"]
+    assert [e.timestamp for e in events] == sorted(e.timestamp for e in events)
+    for e in events:
+        assert np.array_equal(e.vector, _event("u", int(e.id[2:]), embedder.dim, t0).vector)
+    log = store.read_event_arrays("u")
+    assert len(log) == 6 and log.vectors.shape == (6, embedder.dim)
+    assert np.array_equal(log.vectors, np.stack([e.vector for e in events]))
+    assert log.weights.tolist() == [e.weight for e in events]
+    assert log.times.tolist() == [e.timestamp.timestamp() for e in events]
+    empty = store.read_event_arrays("nobody")
+    assert len(empty) == 0 and empty.vectors.shape == (0, embedder.dim)
+
+
 def test_event_log_and_delete_user(store: Store, embedder: CachedQueryEmbedder) -> None:
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     store.append_events(
@@ -281,6 +326,8 @@ def test_event_log_and_delete_user(store: Store, embedder: CachedQueryEmbedder) 
     store.put_user_settings("bob", {"consent": {"memory": False}})
     events = store.read_events("alice")
     assert [e.id for e in events] == [f"alice-{i}" for i in range(5)]
+    assert [e.text for e in events] == [f"event {i}" for i in range(5)]
+    assert all(e.vector.shape == (embedder.dim,) and e.weight == 1.0 for e in events)
     assert events[0].timestamp == t0
     assert np.array_equal(events[2].vector, _event("a", 2, embedder.dim, t0).vector)
     assert [t.text for t in store.read_turns("alice", "s")] == ["hi"]
