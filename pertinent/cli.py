@@ -25,13 +25,17 @@ __all__ = ["main"]
 DEFAULT_DATA = "./pertinent-data"
 
 
-def _open(args: argparse.Namespace) -> pertinent.Pertinent:
+def _open(args: argparse.Namespace, **settings: object) -> pertinent.Pertinent:
     """The store the command's options name: --data for the embedded store, or
-    --backend weaviate / --url for a cluster (options override PERTINENT_* env vars)."""
+    --backend weaviate / --url for a cluster (options override PERTINENT_* env vars).
+    `settings` overrides Settings fields that are set (a key file, for encryption)."""
     from pertinent.client import open as open_store
+    from pertinent.config import Settings
 
+    overrides = {k: v for k, v in settings.items() if v}
     return open_store(
         args.data,
+        settings=Settings().model_copy(update=overrides) if overrides else None,
         backend=args.backend,
         url=args.url,
         api_key=args.api_key,
@@ -123,21 +127,6 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_with(args: argparse.Namespace, **settings: object) -> pertinent.Pertinent:
-    """`_open` with some settings overridden (a key file, for the encryption commands)."""
-    from pertinent.client import open as open_store
-    from pertinent.config import Settings
-
-    return open_store(
-        args.data,
-        settings=Settings().model_copy(update={k: v for k, v in settings.items() if v}),
-        backend=args.backend,
-        url=args.url,
-        api_key=args.api_key,
-        grpc_port=args.grpc_port,
-    )
-
-
 def cmd_encryption_keygen(args: argparse.Namespace) -> int:
     import base64
 
@@ -166,7 +155,7 @@ def cmd_encryption_rotate(args: argparse.Namespace) -> int:
     from pertinent.privacy.encryption import load_key_file
 
     new = load_key_file(args.new_key_file)
-    with _open_with(args, encryption_key_file=args.key_file) as px:
+    with _open(args, encryption_key_file=args.key_file) as px:
         report = px.rotate_key(new)
     print(f"re-sealed with key {report.key_id} ({report.users} users):")
     for kind, n in report.resealed.items():

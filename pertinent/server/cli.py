@@ -11,12 +11,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pertinent.cli import _open as cli_open
 from pertinent.errors import MissingDependency
-
-if TYPE_CHECKING:
-    from pertinent.client import Pertinent
 
 __all__ = ["register"]
 
@@ -52,18 +50,6 @@ def _keys_path(args: argparse.Namespace) -> Path:
     return Path(args.keys) if args.keys else Path(args.data) / KEYS_FILE
 
 
-def _open(args: argparse.Namespace) -> Pertinent:
-    from pertinent.client import open as open_store
-
-    return open_store(
-        args.data,
-        backend=args.backend,
-        url=args.url,
-        api_key=args.api_key,
-        grpc_port=args.grpc_port,
-    )
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -90,7 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from pertinent.server.observability import configure_exporter
 
         configure_exporter()
-    with _open(args) as px:
+    with cli_open(args) as px:
         if not keys.list():
             print(
                 f"no API keys in {keys.path}: create one with "
@@ -141,7 +127,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             "The MCP server acts for one user: pass --user ID or set PERTINENT_MCP_USER."
         )
-    with _open(args) as px:
+    with cli_open(args) as px:
         run_mcp(
             px,
             user_id=user,

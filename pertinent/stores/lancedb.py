@@ -802,7 +802,12 @@ class LanceDBStore:
                 _log.info("compaction of %s skipped: %s", name, exc)
 
     def read_turns(self, user_id: str, session_id: str) -> list[StoredTurn]:
-        where = f"user_id = {sql_literal(user_id)} AND session_id = {sql_literal(session_id)}"
+        return self._read_turns(
+            f"user_id = {sql_literal(user_id)} AND session_id = {sql_literal(session_id)}"
+        )
+
+    def _read_turns(self, where: str) -> list[StoredTurn]:
+        """The turns matching `where`, oldest first (ties by id)."""
         with self._errors("read turns"):
             rows = self._turns.search().where(where).limit(None).to_arrow().to_pylist()
         out = [
@@ -859,29 +864,7 @@ class LanceDBStore:
 
     def read_user_turns(self, user_id: str) -> list[StoredTurn]:
         """Every turn of every session of `user_id`, oldest first."""
-        with self._errors("read turns"):
-            rows = (
-                self._turns.search()
-                .where(f"user_id = {sql_literal(user_id)}")
-                .limit(None)
-                .to_arrow()
-                .to_pylist()
-            )
-        out = [
-            StoredTurn(
-                id=r["id"],
-                user_id=r["user_id"],
-                session_id=r["session_id"],
-                role=r["role"],
-                text=r["text"],
-                timestamp=r["ts"],
-                model_id=r["model_id"],
-                vector=np.asarray(r["vector"], dtype=np.float32),
-            )
-            for r in rows
-        ]
-        out.sort(key=lambda t: (t.timestamp, t.id))
-        return out
+        return self._read_turns(f"user_id = {sql_literal(user_id)}")
 
     def rewrite_events(self, events: Sequence[StoredEvent]) -> int:
         """Overwrite the events with these ids (a row that is gone is not added back);
