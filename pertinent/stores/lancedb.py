@@ -45,6 +45,7 @@ from pertinent.stores.base import (
     StoredTurn,
     event_arrays,
 )
+from pertinent.stores.vector_cache import VersionedVectorCache
 from pertinent.types import Chunk, Hit, Vector
 
 __all__ = ["LanceDBStore", "sql_literal"]
@@ -185,6 +186,7 @@ class LanceDBStore:
         dim: int,
         read_consistency: timedelta | None = timedelta(0),
         cache_bytes: int | None = None,
+        vector_cache_entries: int = 10_000,
     ) -> None:
         try:
             import lancedb
@@ -199,6 +201,7 @@ class LanceDBStore:
         self._unindexed = 0
         self._appends: dict[str, int] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pertinent-lancedb")
+        self._vector_cache = VersionedVectorCache(vector_cache_entries)
         self._check_writable()
         with self._errors("open"):
             # LanceDB's index and metadata caches default to gigabytes and grow with every
@@ -510,22 +513,34 @@ class LanceDBStore:
         return [by_id[i] for i in ids if i in by_id]
 
     def get_vectors(self, ids: Sequence[str], *, user_id: str | None = None) -> dict[str, Vector]:
-        # Only the id and vector columns, read column-wise: `record` needs nothing else,
-        # and building full chunks (to_pylist + JSON metadata) was most of its cost.
+        # Only the id, owner and vector columns, read column-wise: `record` needs nothing
+        # else, and building full chunks (to_pylist + JSON metadata) was most of its cost.
+        # Vectors read before come from a cache tied to the table version (vector_cache.py).
         if not ids:
             return {}
-        where = f"id IN {_in_list(list(dict.fromkeys(ids)))} AND {_owner_clause(user_id)}"
+        unique = list(dict.fromkeys(ids))
         with self._errors("get_vectors"):
+            version = int(self._chunks.version) if self._vector_cache.size else -1
+            found, missing = self._vector_cache.lookup(version, unique, user_id)
+            if not missing:
+                return found
+            where = f"id IN {_in_list(missing)} AND {_owner_clause(user_id)}"
             table = (
                 self._chunks.search()
                 .where(where)
-                .select(["id", "vector"])
-                .limit(len(ids))
+                .select(["id", "owner", "vector"])
+                .limit(len(missing))
                 .to_arrow()
             )
-        found = table["id"].to_pylist()
-        vectors = self._vector_matrix(table["vector"])
-        return {i: vectors[n] for n, i in enumerate(found)}
+        read = table["id"].to_pylist()
+        matrix = self._vector_matrix(table["vector"])
+        matrix.setflags(write=False)  # shared with the cache: nobody may change it in place
+        vectors = {i: matrix[n] for n, i in enumerate(read)}
+        self._vector_cache.fill(
+            version, dict(zip(read, table["owner"].to_pylist(), strict=True)), vectors
+        )
+        found.update(vectors)
+        return found
 
     def _vector_matrix(self, column: Any) -> np.ndarray:
         """A fixed-size-list column as one (n, dim) float32 array, without per-row lists."""
@@ -951,6 +966,7 @@ class LanceDBStore:
         time travel cannot bring a forgotten user back."""
         lit = sql_literal(user_id)
         counts: dict[str, int] = {}
+        self._vector_cache.clear()  # the version check would drop them; do not keep them
         with self._lock, self._errors("forget user"):
             for name, table, where in (
                 ("events", self._events, f"user_id = {lit}"),
@@ -1017,5 +1033,6 @@ class LanceDBStore:
         """Stop the search pool and the log writers (after they commit what is queued).
         LanceDB itself holds no connection or lock."""
         self._pool.shutdown(wait=False)
+        self._vector_cache.clear()
         self._event_writer.close()
         self._turn_writer.close()

@@ -182,3 +182,30 @@ def test_from_arrays_equals_the_time_ordered_fold(
         for (lu, ls), (ru, rs) in zip(lv.interests, rv.interests, strict=True):
             np.testing.assert_allclose(lu, ru, atol=1e-5)
             assert math.isclose(ls, rs, rel_tol=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(events=events_strategy, split=st.integers(0, 30), interests=st.integers(1, 3))
+def test_add_many_equals_adding_one_by_one(
+    events: list[tuple[list[float], float, int]], split: int, interests: int
+) -> None:
+    """A batch folded into a profile that already has events (older or newer than the
+    batch, in any order) ends where adding the same events one at a time ends."""
+    log = [(np.asarray(v, dtype=np.float32), w, T0 + timedelta(hours=h)) for v, w, h in events]
+    before, batch = log[: split % (len(log) + 1)], log[split % (len(log) + 1) :]
+    one_by_one = UserProfile(DIM, half_life_days=30, interests=interests)
+    batched = UserProfile(DIM, half_life_days=30, interests=interests)
+    for v, w, t in before:
+        one_by_one.add(v, w, t)
+        batched.add(v, w, t)
+    for v, w, t in batch:
+        one_by_one.add(v, w, t)
+    if batch:
+        batched.add_many(
+            np.stack([v for v, _, _ in batch]),
+            np.array([w for _, w, _ in batch]),
+            np.array([t.timestamp() for _, _, t in batch]),
+        )
+    assert batched.ref_time == one_by_one.ref_time and batched.events == one_by_one.events
+    for a, b in zip(one_by_one.state(), batched.state(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
