@@ -12,6 +12,7 @@ them after the first round).
 
 Usage: python bench/soak_retrieve.py [--retrieves 100000] [--users 1000] [--cache 200]
        [--samples 20] [--queries 2000] [--remember-every 10] [--record-every 20]
+       [--threads 1]
 Prints one line per sample (retrieves, seconds, RSS MiB, fds, threads) and the summary
 (RSS at start/middle/end, growth over the second half). Exits 1 if descriptors or
 threads are not released on close.
@@ -20,12 +21,14 @@ threads are not released on close.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -93,6 +96,7 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="worker threads sharing the client")
     ap.add_argument("--remember-every", type=int, default=10, help="0: never remember")
     ap.add_argument("--record-every", type=int, default=20, help="0: never record")
     ap.add_argument(
@@ -137,22 +141,32 @@ def main() -> int:
 
     every = max(1, args.retrieves // args.samples)
     samples: list[tuple[int, float, float, int, int]] = []
+    counter = itertools.count(1)  # next() on it is atomic under the GIL
     t0 = time.perf_counter()
     print(f"{'retrieves':>9} {'seconds':>8} {'RSS MiB':>8} {'fds':>5} {'threads':>7}")
-    for i in range(1, args.retrieves + 1):
-        user = f"u{rng.randrange(args.users)}"
-        ctx = px.retrieve(
-            queries[i % len(queries)],
-            user_id=user,
-            session_id=f"s{i % 5}",
-            remember=args.remember_every > 0 and i % args.remember_every == 0,
-        )
-        if args.record_every > 0 and i % args.record_every == 0 and ctx.results:
-            px.record(user, Event(kind="accept", item_id=rng.choice(chunk_ids)))
-        if i % every == 0 or i == 1:
-            s = (i, time.perf_counter() - t0, rss_mib(), fds(), threading.active_count())
-            samples.append(s)
-            print(f"{s[0]:>9} {s[1]:>8.0f} {s[2]:>8.0f} {s[3]:>5} {s[4]:>7}", flush=True)
+
+    def work(seed: int) -> None:
+        r = random.Random(seed)
+        while (i := next(counter)) <= args.retrieves:
+            user = f"u{r.randrange(args.users)}"
+            ctx = px.retrieve(
+                queries[i % len(queries)],
+                user_id=user,
+                session_id=f"s{i % 5}",
+                remember=args.remember_every > 0 and i % args.remember_every == 0,
+            )
+            if args.record_every > 0 and i % args.record_every == 0 and ctx.results:
+                px.record(user, Event(kind="accept", item_id=r.choice(chunk_ids)))
+            if i % every == 0 or i == 1:
+                s = (i, time.perf_counter() - t0, rss_mib(), fds(), threading.active_count())
+                samples.append(s)
+                print(f"{s[0]:>9} {s[1]:>8.0f} {s[2]:>8.0f} {s[3]:>5} {s[4]:>7}", flush=True)
+
+    # Worker threads share one client, as a server's request threads do.
+    with ThreadPoolExecutor(args.threads, thread_name_prefix="soak") as pool:
+        for job in [pool.submit(work, args.seed + n) for n in range(args.threads)]:
+            job.result()
+    samples.sort()
     cached = (len(px._profiles), len(px._sessions), len(px._consents))
     px.close()
     time.sleep(1.0)  # the executor's threads exit after shutdown(wait=False)
