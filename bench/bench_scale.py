@@ -256,7 +256,16 @@ def markdown(results: Sequence[ScaleResult]) -> str:
             out.append(f"| {r.chunks:,} | {name} | {s['n']} | {s['median']:.1f} | {s['p95']:.1f} |")
     out.append("")
     out.append("Per stage (median / p95 ms):\n")
-    stage_names = ["embed_query", "hybrid_search", "user_leg", "rescore", "mmr", "pack", "other"]
+    stage_names = [
+        "embed_query",
+        "user_state",
+        "user_leg",
+        "hybrid_search",
+        "rescore",
+        "mmr",
+        "pack",
+        "other",
+    ]
     out.append("| chunks | system | " + " | ".join(stage_names) + " |")
     out.append("|---|---|" + "---|" * len(stage_names))
     for r in results:

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -71,14 +71,9 @@ __all__ = ["Consent", "ForgetReceipt", "IngestReport", "Pertinent", "RetentionRe
 _NEGATIVE_KINDS = frozenset({"reject", "dislike", "skip"})
 
 _MAX_QUERY_CHARS = 100_000
+_NO_PROFILE = ProfileView(None, None, 0.0, 0.0, 0.0)
+_NO_SESSION = SessionView(vector=None, gate=0.0, turns=0)
 _LOCK_STRIPES = 1024
-
-
-@dataclass(frozen=True)
-class IngestReport:
-    documents: int
-    chunks: int
-    doc_ids: tuple[str, ...]
 
 
 def _new_ids(n: int) -> list[str]:
@@ -100,6 +95,13 @@ class ForgetReceipt:
     @property
     def total(self) -> int:
         return sum(self.deleted.values())
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    documents: int
+    chunks: int
+    doc_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,9 @@ class Pertinent:
         # path holds two of them at once, and they are re-entrant should one ever nest.
         self._locks = [threading.RLock() for _ in range(_LOCK_STRIPES)]
         self._locks_guard = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pertinent")
+        # Each retrieve hands the executor its hybrid search and its user-state reads;
+        # Python's default size (cores + 4) keeps concurrent retrieves from queueing.
+        self._executor = ThreadPoolExecutor(thread_name_prefix="pertinent")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -540,10 +544,10 @@ class Pertinent:
     def profile(self, user_id: str | None, now: datetime | None = None) -> ProfileView:
         """The user's profile as of `now`; an unknown or absent user is a cold profile."""
         if user_id is None:
-            return ProfileView(None, None, 0.0, 0.0, 0.0)
+            return _NO_PROFILE
         _check_id(user_id, "user_id")
         if not self.consent(user_id).personalization:
-            return ProfileView(None, None, 0.0, 0.0, 0.0)
+            return _NO_PROFILE
         return self._user_profile(user_id).view(
             as_utc(now) if now else utcnow(), self.settings.confidence_n0
         )
@@ -607,7 +611,7 @@ class Pertinent:
     @pinned
     def session(self, user_id: str | None, session_id: str | None) -> SessionView:
         if user_id is None or session_id is None or not self.consent(user_id).personalization:
-            return SessionView(vector=None, gate=0.0, turns=0)
+            return _NO_SESSION
         return self._session_state(user_id, session_id).view(self.settings.session_n0)
 
     @pinned
@@ -767,20 +771,33 @@ class Pertinent:
     ) -> tuple[list[Result], Vector]:
         k = self._check_request(query, user_id, session_id, top_k)
         times = StageTimes()
+        # The user's state (consent, profile, session) is read from the store while the
+        # query is embedded and searched: for a user not in the caches those reads cost
+        # as much as the search, and nothing but the user leg and re-scoring needs them.
+        state: Future[tuple[ProfileView, SessionView]] | None = None
+        if user_id is not None:
+            state = self._executor.submit(
+                self._user_state, self._pin.current(self._active), user_id, session_id, now
+            )
         t0 = time.perf_counter()
         qvec = self.embedder.embed_query(query)
         times.add("embed_query", t0)
         degraded: list[str] = []
-        try:
-            profile = self.profile(user_id, now)
-            session = self.session(user_id, session_id)
-        except StoreUnavailable as exc:
-            if not self.settings.degraded_mode:
-                raise
-            # Declared, never silent: the caller sees why this answer is not personal.
-            degraded.append(f"not personalized: user state unavailable ({exc})")
-            profile = ProfileView(None, None, 0.0, 0.0, 0.0)
-            session = SessionView(vector=None, gate=0.0, turns=0)
+
+        resolved: list[tuple[ProfileView, SessionView]] = []
+
+        def user_state() -> tuple[ProfileView, SessionView]:
+            if not resolved:
+                try:
+                    resolved.append(state.result() if state else (_NO_PROFILE, _NO_SESSION))
+                except StoreUnavailable as exc:
+                    if not self.settings.degraded_mode:
+                        raise
+                    # Declared, never silent: the caller sees why this answer is not personal.
+                    degraded.append(f"not personalized: user state unavailable ({exc})")
+                    resolved.append((_NO_PROFILE, _NO_SESSION))
+            return resolved[0]
+
         where = SearchFilter(
             user_id=user_id,
             principals=normalize_acl(principals) + ((f"user:{user_id}",) if user_id else ()),
@@ -788,7 +805,14 @@ class Pertinent:
         )
         try:
             candidates = gather_candidates(
-                self.store, query, qvec, profile, self.settings, where, times, self._executor
+                self.store,
+                query,
+                qvec,
+                lambda: user_state()[0],
+                self.settings,
+                where,
+                times,
+                self._executor,
             )
         except StoreUnavailable as exc:
             replica = self._replica()
@@ -801,8 +825,9 @@ class Pertinent:
                 f"cluster: the cluster is unavailable ({exc})"
             )
             candidates = gather_candidates(
-                replica[0], query, qvec, profile, self.settings, where, times, None
+                replica[0], query, qvec, user_state()[0], self.settings, where, times, None
             )
+        profile, session = user_state()
         results = rank(
             query,
             candidates,
@@ -816,6 +841,18 @@ class Pertinent:
         self.last_times = times
         self.last_degraded = tuple(degraded)
         return results, qvec
+
+    def _user_state(
+        self,
+        version: ActiveVersion,
+        user_id: str,
+        session_id: str | None,
+        now: datetime | None,
+    ) -> tuple[ProfileView, SessionView]:
+        """Profile and session, read in a worker thread pinned to the caller's embedding
+        version (a query never mixes versions, even across threads)."""
+        with self._pin.pin(lambda: version):
+            return self.profile(user_id, now), self.session(user_id, session_id)
 
     def _replica(self) -> tuple[Store, str] | None:
         """The local replica degraded mode may serve from (Settings.degraded_fallback_path),

@@ -8,7 +8,7 @@ recorded in `StageTimes` so benchmarks and servers can report them per stage.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
@@ -43,7 +43,7 @@ def gather_candidates(
     store: Store,
     text: str,
     query: Vector,
-    profile: ProfileView,
+    profile: ProfileView | Callable[[], ProfileView],
     settings: Settings,
     where: SearchFilter,
     times: StageTimes | None = None,
@@ -51,30 +51,43 @@ def gather_candidates(
 ) -> list[Candidate]:
     """The store's hybrid top-N, plus the user-blended vector leg's top-M.
 
+    `profile` may be a callable: it is called once the hybrid search is under way (in
+    `executor`), so loading a user's state from the store overlaps the search instead
+    of preceding it. The user leg runs in this thread meanwhile, so the two searches
+    overlap as well (both mostly wait on the store, which releases the GIL).
+
     A chunk found only by the user leg gets a hybrid score from its query cosine,
     scaled like the hybrid leg's vector part (its bm25 part is 0: the keyword leg did
     not return it), so it competes on the same scale.
     """
     t0 = time.perf_counter()
-    user_job: Future[list[Hit]] | None = None
-    blended = blended_query(query, profile, settings.rho)
-    if blended is not None and settings.user_candidates > 0 and executor is not None:
-        # Started first so it overlaps the hybrid search (both mostly wait on LanceDB).
-        user_job = executor.submit(
-            store.vector_search, blended, k=settings.user_candidates, where=where
+    hybrid_job: Future[list[Hit]] | None = None
+    if executor is not None:
+        hybrid_job = executor.submit(
+            store.hybrid_search,
+            text,
+            query,
+            k=settings.candidates,
+            alpha=settings.alpha,
+            where=where,
         )
-    hybrid_hits = store.hybrid_search(
-        text, query, k=settings.candidates, alpha=settings.alpha, where=where
-    )
+    view = profile() if callable(profile) else profile
     if times is not None:
-        t0 = times.add("hybrid_search", t0)
+        t0 = times.add("user_state", t0)
+    blended = blended_query(query, view, settings.rho)
     user_hits: list[Hit] = []
-    if user_job is not None:
-        user_hits = user_job.result()
-    elif blended is not None and settings.user_candidates > 0:
+    if blended is not None and settings.user_candidates > 0:
         user_hits = store.vector_search(blended, k=settings.user_candidates, where=where)
-    if blended is not None and times is not None:
-        times.add("user_leg", t0)
+        if times is not None:
+            t0 = times.add("user_leg", t0)
+    if hybrid_job is not None:
+        hybrid_hits = hybrid_job.result()
+    else:
+        hybrid_hits = store.hybrid_search(
+            text, query, k=settings.candidates, alpha=settings.alpha, where=where
+        )
+    if times is not None:
+        times.add("hybrid_search", t0)
 
     out: dict[str, Candidate] = {}
     cosines = [h.vector_cosine for h in hybrid_hits if h.vector_cosine is not None]

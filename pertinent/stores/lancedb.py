@@ -145,14 +145,17 @@ def _visibility(where: SearchFilter) -> str:
         owner = f"owner = {sql_literal(where.user_id)}" if where.user_id is not None else "false"
     else:
         owner = _owner_clause(where.user_id)
+    # `public` (no ACL) and `array_has_any` are both answered by scalar indexes (a bitmap
+    # and a label list); `array_length(acl) = 0` read the acl of every row on every query,
+    # which at 100k chunks cost more than the search itself (docs/benchmarks.md).
     if where.principals:
         acl = (
-            "(array_length(acl) = 0 OR array_has_any(acl, ["
+            "(public OR array_has_any(acl, ["
             + ", ".join(sql_literal(p) for p in where.principals)
             + "]))"
         )
     else:
-        acl = "array_length(acl) = 0"
+        acl = "public"
     parts = [owner, acl]
     if where.exclude_ids:
         parts.append(f"id NOT IN {_in_list(where.exclude_ids)}")
@@ -223,9 +226,9 @@ class LanceDBStore:
         self._turns = self._open_or_create("turns", self._turn_schema(), existing)
         self._users = self._open_or_create("users", self._user_schema(), existing)
         self._has_fts = any(ix.index_type == "FTS" for ix in self._chunks.list_indices())
-        self._has_vector_index = any(
-            list(ix.columns) == ["vector"] for ix in self._chunks.list_indices()
-        )
+        indexed = {tuple(ix.columns) for ix in self._chunks.list_indices()}
+        self._has_vector_index = ("vector",) in indexed
+        self._has_filter_indexes = {("owner",), ("public",), ("acl",)} <= indexed
         self._event_writer = _GroupCommit(
             "events", lambda rows: self._append("events", self._events, rows), self._pa
         )
@@ -325,6 +328,8 @@ class LanceDBStore:
         with self._errors(f"opening table {name}"):
             if name in existing:
                 table = self._db.open_table(name)
+                if name == "chunks" and "public" not in table.schema.names:
+                    table = self._add_public_column(table)
                 if table.schema != schema:
                     raise StoreCorrupted(
                         f"Table {name!r} in {self.path} has an unexpected schema; it was written "
@@ -337,6 +342,18 @@ class LanceDBStore:
 
                 table.create_index("user_id", config=BTree())
             return table
+
+    def _add_public_column(self, table: Any) -> Any:
+        """Stores written before the `public` column get it computed from `acl` in one
+        commit (no data is rewritten by hand). Two processes opening the same old store
+        at once race to add it: the loser finds it added."""
+        try:
+            table.add_columns({"public": "array_length(acl) = 0"})
+        except Exception:
+            table = self._db.open_table("chunks")
+            if "public" not in table.schema.names:
+                raise
+        return table
 
     def _user_schema(self) -> Any:
         pa = self._pa
@@ -367,6 +384,7 @@ class LanceDBStore:
                 pa.field("acl", pa.list_(pa.string())),
                 pa.field("model_id", pa.string()),
                 self._vector_field(),
+                pa.field("public", pa.bool_()),  # no ACL: derived from `acl`, indexed
             ]
         )
 
@@ -439,6 +457,7 @@ class LanceDBStore:
                 "vector": pa.FixedSizeListArray.from_arrays(
                     pa.array(vectors.reshape(-1), pa.float32()), self._dim
                 ),
+                "public": [not c.acl for c in chunks],
             },
             schema=self._chunk_schema(),
         )
@@ -473,15 +492,30 @@ class LanceDBStore:
             self._index_vectors()
 
     def _index_vectors(self) -> None:
-        """Build the vector index, and a bitmap on `owner` (every visibility filter tests
-        it), once the table is big enough; `optimize` folds later rows into both."""
-        if self._has_vector_index or self._chunks.count_rows() < _VECTOR_INDEX_MIN_ROWS:
+        """Build the vector index and the visibility filter's indexes once the table is
+        big enough; `optimize` folds later rows into them."""
+        if self._has_vector_index and self._has_filter_indexes:
             return
-        from lancedb.index import Bitmap, IvfFlat
+        if self._chunks.count_rows() < _VECTOR_INDEX_MIN_ROWS:
+            return
+        if not self._has_filter_indexes:  # also for stores indexed before `public` existed
+            self._index_filters()
+        if self._has_vector_index:
+            return
+        from lancedb.index import IvfFlat
 
         self._chunks.create_index("vector", config=IvfFlat(distance_type="cosine"), replace=True)
-        self._chunks.create_index("owner", config=Bitmap(), replace=True)
         self._has_vector_index = True
+
+    def _index_filters(self) -> None:
+        """Scalar indexes for every column the visibility filter tests, so the prefilter
+        is answered from indexes instead of reading those columns row by row."""
+        from lancedb.index import Bitmap, LabelList
+
+        self._chunks.create_index("owner", config=Bitmap(), replace=True)
+        self._chunks.create_index("public", config=Bitmap(), replace=True)
+        self._chunks.create_index("acl", config=LabelList(), replace=True)
+        self._has_filter_indexes = True
 
     def optimize(self) -> None:
         """Fold new rows into the indexes and compact small files (safe to call any time)."""
