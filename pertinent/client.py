@@ -64,7 +64,15 @@ from pertinent.types import (
     check_text,
     utcnow,
 )
-from pertinent.versions import ActiveVersion, ReembedReport, Registry, VersionPin, pinned
+from pertinent.versions import (
+    ActiveVersion,
+    ReembedReport,
+    Registry,
+    VersionHome,
+    VersionPin,
+    home_for,
+    pinned,
+)
 
 __all__ = ["Consent", "ForgetReceipt", "IngestReport", "Pertinent", "RetentionReport", "open"]
 
@@ -84,6 +92,13 @@ def _new_ids(n: int) -> list[str]:
 
 
 @dataclass(frozen=True)
+class IngestReport:
+    documents: int
+    chunks: int
+    doc_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ForgetReceipt:
     """What `forget_user` deleted, for the audit trail. Counts are 0 on a repeat call."""
 
@@ -95,13 +110,6 @@ class ForgetReceipt:
     @property
     def total(self) -> int:
         return sum(self.deleted.values())
-
-
-@dataclass(frozen=True)
-class IngestReport:
-    documents: int
-    chunks: int
-    doc_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,8 @@ class Pertinent:
         self._active = ActiveVersion(None, store, embedder)
         self._other_versions: dict[str, ActiveVersion] = {}
         self._version_lock = threading.Lock()
+        self._versions_home: VersionHome | None = None  # where the registry lives (lazy)
+        self._home_lock = threading.Lock()
         self.store = store
         self.redactor = redactor
         self.redaction_counts: Counter[str] = Counter()
@@ -192,6 +202,8 @@ class Pertinent:
         self.store.close()
         for version in self._other_versions.values():  # kept open for rollback
             version.store.close()
+        if self._versions_home is not None:
+            self._versions_home.close()
 
     def __enter__(self) -> Pertinent:
         return self
@@ -1002,13 +1014,7 @@ class Pertinent:
             for version in self._other_versions.values():
                 if isinstance(version.store, EncryptedStore):
                     version.store.sealer = store.sealer
-            # Embedding versions live under the LanceDB path; a Weaviate store has none.
-            inactive = (
-                each_inactive_store(self.settings.path, self._active.id)
-                if self.settings.backend == "lancedb"
-                else iter(())
-            )
-            for other in inactive:
+            for other in each_inactive_store(self._home(), self._active.id):
                 sealed = EncryptedStore(
                     other, store.sealer, seal_owned_chunks=store.seal_owned_chunks
                 )
@@ -1019,9 +1025,47 @@ class Pertinent:
 
     def embedding_versions(self) -> Registry:
         """The embedding models this store has versions for, and which one is active."""
-        from pertinent.versions import _initial, load_registry
+        from pertinent.versions import _initial
 
-        return load_registry(self.settings.path) or _initial(self._active.embedder)
+        home = self._home()
+        return home.load() or _initial(self._active.embedder, home)
+
+    def _home(self) -> VersionHome:
+        """Where this store's embedding versions live: its directory (LanceDB) or its
+        base collection prefix (Weaviate)."""
+        with self._home_lock:
+            if self._versions_home is None:
+                self._versions_home = home_for(self.settings)
+            return self._versions_home
+
+    @staticmethod
+    def _check_versionable(like: Store) -> None:
+        from pertinent.privacy.encryption import EncryptedStore
+
+        inner = like.inner if isinstance(like, EncryptedStore) else like
+        if isinstance(inner, ReplicatedStore):
+            raise ConfigurationError(
+                "Embedding versions cannot be built or switched with a degraded-mode replica "
+                "(degraded_fallback_path): the replica holds one model's vectors. Open the "
+                "store without it to re-embed or roll back; reopened afterwards, a newer "
+                "version keeps its own replica under <degraded_fallback_path>/versions/<id>."
+            )
+
+    def _like_active(self, raw: Store, like: Store) -> Store:
+        """`raw` (a version's store) behind the same wrappers as `like`: the circuit
+        breaker of a cluster, and encryption with the same sealer."""
+        from pertinent.privacy.encryption import EncryptedStore
+        from pertinent.stores.resilience import CircuitBreaker, ResilientStore
+
+        inner = like.inner if isinstance(like, EncryptedStore) else like
+        store = raw
+        if isinstance(inner, ResilientStore):
+            s = self.settings
+            breaker = CircuitBreaker(threshold=s.breaker_threshold, reset_after=s.breaker_reset_s)
+            store = ResilientStore(store, breaker, name=inner.name)
+        if isinstance(like, EncryptedStore):
+            store = EncryptedStore(store, like.sealer, seal_owned_chunks=like.seal_owned_chunks)
+        return store
 
     def reembed(self, embedder: Embedder, *, model: str | None = None) -> ReembedReport:
         """Build a new embedding version with `embedder` beside the active one (documents
@@ -1032,29 +1076,24 @@ class Pertinent:
         from pertinent.privacy.encryption import EncryptedStore
         from pertinent.versions import build_version, switch
 
-        if self.settings.backend != "lancedb":
-            raise ConfigurationError(
-                "Embedding versions are available on the embedded LanceDB backend; on "
-                "Weaviate, ingest into a new collection prefix with the new model."
-            )
         if self.settings.query_cache_size > 0 and not isinstance(embedder, CachedQueryEmbedder):
             embedder = CachedQueryEmbedder(embedder, self.settings.query_cache_size)
+        home = self._home()
         with self._version_lock:
             old = self._active
             enc = old.store if isinstance(old.store, EncryptedStore) else None
+            self._check_versionable(old.store)
 
             def wrap(raw: Store) -> Store:
-                if enc is None:
-                    return raw
-                return EncryptedStore(raw, enc.sealer, seal_owned_chunks=enc.seal_owned_chunks)
+                return self._like_active(raw, old.store)
 
             registry, new, report = build_version(
-                Path(self.settings.path), old, embedder, wrap=wrap, opener=enc, model=model
+                home, old, embedder, wrap=wrap, opener=enc, model=model
             )
             self._bounded_caches(new)
             old.id = old.id or registry.active
             self._other_versions[old.id] = old
-            switch(Path(self.settings.path), registry, registry.versions[-1].id)
+            switch(home, registry, registry.versions[-1].id)
             self._active = new  # one assignment: the next call sees the new version whole
         return report
 
@@ -1063,12 +1102,11 @@ class Pertinent:
         id. In another process than the re-embed, pass `embedder` unless the version's
         model can be loaded by name. Writes made since the switch stay in the newer
         version (which `rollback` then makes the previous one: roll forward with it)."""
-        from pertinent.privacy.encryption import EncryptedStore
-        from pertinent.versions import load_registry, open_version_store, switch
+        from pertinent.versions import switch
 
-        root = Path(self.settings.path)
+        home = self._home()
         with self._version_lock:
-            registry = load_registry(root)
+            registry = home.load()
             if registry is None or registry.previous is None:
                 raise InvalidInput(
                     "There is no previous embedding version to roll back to (the store was "
@@ -1091,16 +1129,11 @@ class Pertinent:
                         f"Version {target.id} holds {target.model_id!r} vectors, not "
                         f"{embedder.model_id!r}; pass the embedder it was built with."
                     )
-                store: Store = open_version_store(root, target)
-                if isinstance(current.store, EncryptedStore):
-                    store = EncryptedStore(
-                        store,
-                        current.store.sealer,
-                        seal_owned_chunks=current.store.seal_owned_chunks,
-                    )
+                self._check_versionable(current.store)
+                store = self._like_active(home.open_store(target), current.store)
                 version = self._bounded_caches(ActiveVersion(target.id, store, embedder))
             self._other_versions[current.id] = current
-            switch(root, registry, target.id)
+            switch(home, registry, target.id)
             self._active = version
         return target.id
 
@@ -1119,9 +1152,8 @@ class Pertinent:
             version.profiles.pop(user_id, None)
             for key in [k for k in version.sessions if k[0] == user_id]:
                 del version.sessions[key]
-        if self.settings.backend == "lancedb":
-            for other in each_inactive_store(self.settings.path, self._active.id):
-                n += sum(other.delete_user(user_id).values())
+        for other in each_inactive_store(self._home(), self._active.id):
+            n += sum(other.delete_user(user_id).values())
         return {"other_versions": n} if n else {}
 
     def _purge_other_versions(self, cutoffs: Mapping[str, datetime]) -> None:
@@ -1130,10 +1162,9 @@ class Pertinent:
         for version in self._other_versions.values():
             version.profiles.clear()
             version.sessions.clear()
-        if self.settings.backend == "lancedb":
-            for other in each_inactive_store(self.settings.path, self._active.id):
-                for log, cutoff in cutoffs.items():
-                    other.purge_before(log, cutoff)
+        for other in each_inactive_store(self._home(), self._active.id):
+            for log, cutoff in cutoffs.items():
+                other.purge_before(log, cutoff)
 
 
 def open(
@@ -1186,7 +1217,13 @@ def open(
         s = s.model_copy(update=update)
     from pertinent.versions import active_entry
 
-    version = active_entry(s.path) if s.backend == "lancedb" else None
+    # The active embedding version picks the model and the store's place (a directory
+    # or a collection prefix); the registry is read once here (pertinent/versions.py).
+    home = home_for(s)
+    try:
+        version = active_entry(home)
+    finally:
+        home.close()  # on Weaviate a connection of its own, reopened only when needed
     if version is not None and embedder is None:
         if version.model is None:
             raise ConfigurationError(
@@ -1214,7 +1251,9 @@ def open(
             api_key=key or None,
             grpc_port=s.weaviate_grpc_port,
             timeout_s=s.weaviate_timeout_s,
-            prefix=s.weaviate_collection_prefix,
+            prefix=version.prefix or s.weaviate_collection_prefix
+            if version is not None
+            else s.weaviate_collection_prefix,
         )
         from pertinent.stores.resilience import CircuitBreaker, ResilientStore
 
@@ -1229,13 +1268,16 @@ def open(
                 )
             from pertinent.stores.lancedb import LanceDBStore
 
+            replica_path = s.degraded_fallback_path
+            if version is not None and version.id != "v1":  # one model's vectors per replica
+                replica_path = replica_path / "versions" / version.id
             replica = LanceDBStore(
-                s.degraded_fallback_path,
+                replica_path,
                 model_id=emb.model_id,
                 dim=emb.dim,
                 cache_bytes=s.lancedb_cache_mib << 20,
             )
-            store = ReplicatedStore(store, replica, str(s.degraded_fallback_path))
+            store = ReplicatedStore(store, replica, str(replica_path))
     else:
         if s.degraded_fallback_path is not None:
             raise ConfigurationError(
@@ -1257,4 +1299,5 @@ def open(
         redactor = PatternRedactor(kinds=s.pii_kinds)
     px = Pertinent(store, emb, s, reranker=reranker, redactor=redactor)
     px._active.id = version.id if version is not None else None
+    px._versions_home = home
     return px

@@ -4,11 +4,15 @@ re-embedding into a new version side by side, and an atomic switch (and switch b
     report = px.reembed(new_embedder)   # builds version v2 beside v1, then switches to it
     px.rollback()                       # back to v1, exactly as it was
 
-On disk (LanceDB), version v1 is the store directory itself and every later version is
-a complete store under ``versions/<id>/``; ``embedding_versions.json`` names them and
-which one is active. The switch is one `os.replace` of that file (atomic on POSIX) and,
-in the process, one assignment of the client's active version: a query reads the active
-version once, when it starts, and uses that store, embedder and profile cache to the end
+Where versions live is a `VersionHome`. On disk (LanceDB, `FileHome`), version v1 is the
+store directory itself and every later version is a complete store under
+``versions/<id>/``; ``embedding_versions.json`` names them and which one is active, and
+the switch is one `os.replace` of that file (atomic on POSIX). On a Weaviate cluster
+(`WeaviateHome`), v1 is the collections under the configured prefix and version vN a
+complete set under ``<prefix>V<N>``; the registry is one object (``embedding_versions``)
+in ``<prefix>Meta``, and the switch replaces that one object. In the process the switch
+is one assignment of the client's active version: a query reads the active version
+once, when it starts, and uses that store, embedder and profile cache to the end
 (`Pertinent` pins it per thread), so no query ever mixes two models' vectors.
 
 What a new version is built from: shared chunks from their stored text (same chunk ids
@@ -31,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -45,15 +49,24 @@ from pertinent.errors import ConfigurationError, InvalidInput, StoreCorrupted
 from pertinent.stores.base import Store, StoredEvent
 from pertinent.types import Chunk
 
+if TYPE_CHECKING:
+    from pertinent.config import Settings
+    from pertinent.stores.weaviate import WeaviateStore
+
 __all__ = [
     "REGISTRY_FILE",
+    "REGISTRY_KEY",
     "ActiveVersion",
     "EmbeddingVersion",
+    "FileHome",
     "ReembedReport",
     "Registry",
+    "VersionHome",
+    "WeaviateHome",
     "active_entry",
     "build_version",
     "each_inactive_store",
+    "home_for",
     "load_registry",
     "pinned",
     "pinned_client",
@@ -61,22 +74,30 @@ __all__ = [
 ]
 
 REGISTRY_FILE = "embedding_versions.json"
+REGISTRY_KEY = "embedding_versions"  # the registry's record in <prefix>Meta on Weaviate
 
 
 @dataclass(frozen=True)
 class EmbeddingVersion:
-    """One embedding model a store was built with. `directory` is relative to the store
-    root; `model` is how pertinent loads the model by itself (a sentence-transformers
-    name or path), None for an embedder only the caller can build."""
+    """One embedding model a store was built with. Where its data is: `directory`,
+    relative to the store root (LanceDB), or `prefix`, its collections' name prefix
+    (Weaviate). `model` is how pertinent loads the model by itself (a
+    sentence-transformers name or path), None for an embedder only the caller can build."""
 
     id: str
     model_id: str
     dim: int
-    directory: str
+    directory: str | None
     model: str | None
     created: str
+    prefix: str | None = None
 
     def path(self, root: str | os.PathLike[str]) -> Path:
+        if self.directory is None:
+            raise ConfigurationError(
+                f"Embedding version {self.id} lives in Weaviate collections ({self.prefix}*), "
+                "not in a directory; open the store with backend='weaviate'."
+            )
         return Path(root) / self.directory
 
 
@@ -160,42 +181,274 @@ class _Pinned:
 # ---------------------------------------------------------------------- registry
 
 
-def load_registry(root: str | os.PathLike[str]) -> Registry | None:
-    path = Path(root) / REGISTRY_FILE
-    try:
-        raw = json.loads(path.read_text("utf-8"))
-    except (FileNotFoundError, NotADirectoryError):
-        return None  # never re-embedded (or not a store: opening the store says so)
-    except (OSError, ValueError) as exc:
-        raise StoreCorrupted(
-            f"{path} cannot be read as pertinent's embedding-version registry: {exc}. Restore "
-            "it from a backup; its versions are the directories under versions/."
-        ) from exc
-    return Registry(
-        active=raw["active"],
-        previous=raw.get("previous"),
-        versions=tuple(EmbeddingVersion(**v) for v in raw["versions"]),
+def _registry_json(registry: Registry) -> str:
+    """The registry as JSON; a version's unused location field (`directory` on Weaviate,
+    `prefix` on disk) is left out."""
+    versions = [
+        {k: v for k, v in version.__dict__.items() if v is not None or k == "model"}
+        for version in registry.versions
+    ]
+    body = {"active": registry.active, "previous": registry.previous, "versions": versions}
+    return json.dumps(body, indent=2, sort_keys=True)
+
+
+def _registry_from(raw: Any) -> Registry:
+    versions = []
+    for v in raw["versions"]:
+        v = dict(v)
+        v.setdefault("directory", None)
+        versions.append(EmbeddingVersion(**v))
+    registry = Registry(
+        active=raw["active"], previous=raw.get("previous"), versions=tuple(versions)
     )
+    registry.active_version  # noqa: B018 - the active id must name a version
+    return registry
 
 
-def save_registry(root: str | os.PathLike[str], registry: Registry) -> None:
-    """Write a temporary file, fsync it, then `os.replace`: readers see the old registry
-    or the new one, never half of one."""
-    path = Path(root) / REGISTRY_FILE
-    tmp = path.with_suffix(".json.tmp")
-    body = {
-        "active": registry.active,
-        "previous": registry.previous,
-        "versions": [v.__dict__ for v in registry.versions],
-    }
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(body, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class VersionHome(Protocol):
+    """Where a store keeps its embedding versions: the registry, and each version's data.
+    `FileHome` (LanceDB) and `WeaviateHome` implement it; the rest of this module and
+    `Pertinent` only talk to this."""
+
+    def load(self) -> Registry | None:
+        """The registry; None if the store was never re-embedded."""
+        ...
+
+    def save(self, registry: Registry) -> None:
+        """Replace the registry in one atomic write (readers see old or new)."""
+        ...
+
+    def place(self, number: int) -> dict[str, str]:
+        """Where version v<number> keeps its data (`directory=` or `prefix=`)."""
+        ...
+
+    def exists(self, version: EmbeddingVersion) -> bool: ...
+
+    def open_store(self, version: EmbeddingVersion) -> Store:
+        """The raw store of an existing version."""
+        ...
+
+    def create_store(self, version: EmbeddingVersion) -> Store:
+        """An empty raw store for a version being built (what a crashed build left at
+        its place is removed first)."""
+        ...
+
+    def discard(self, version: EmbeddingVersion) -> None:
+        """Delete the data of a version whose build failed (never a registered one)."""
+        ...
+
+    def close(self) -> None: ...
 
 
-def active_entry(root: str | os.PathLike[str]) -> EmbeddingVersion | None:
+class FileHome:
+    """Versions of an embedded LanceDB store: directories under its root, and the
+    registry file `embedding_versions.json` there."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def load(self) -> Registry | None:
+        path = self.root / REGISTRY_FILE
+        try:
+            return _registry_from(json.loads(path.read_text("utf-8")))
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # never re-embedded (or not a store: opening the store says so)
+        except (OSError, ValueError, KeyError, TypeError, InvalidInput) as exc:
+            raise StoreCorrupted(
+                f"{path} cannot be read as pertinent's embedding-version registry: {exc}. "
+                "Restore it from a backup; its versions are the directories under versions/."
+            ) from exc
+
+    def save(self, registry: Registry) -> None:
+        """Write a temporary file, fsync it, then `os.replace`: readers see the old
+        registry or the new one, never half of one."""
+        path = self.root / REGISTRY_FILE
+        tmp = path.with_suffix(".json.tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(_registry_json(registry))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def place(self, number: int) -> dict[str, str]:
+        return {"directory": "." if number == 1 else f"versions/v{number}"}
+
+    def exists(self, version: EmbeddingVersion) -> bool:
+        return version.path(self.root).is_dir()
+
+    def open_store(self, version: EmbeddingVersion) -> Store:
+        from pertinent.stores.lancedb import LanceDBStore
+
+        return LanceDBStore(version.path(self.root), model_id=version.model_id, dim=version.dim)
+
+    def create_store(self, version: EmbeddingVersion) -> Store:
+        if self.exists(version):  # a re-embed that crashed before registering it
+            shutil.rmtree(version.path(self.root))
+        return self.open_store(version)
+
+    def discard(self, version: EmbeddingVersion) -> None:
+        shutil.rmtree(version.path(self.root), ignore_errors=True)
+
+    def close(self) -> None:
+        return None
+
+
+_OWNER_KEY = "version_of"  # in a version's <prefix>Meta: the base prefix it belongs to
+
+
+class WeaviateHome:
+    """Versions of a Weaviate store: v1 is the collections under the base `prefix`,
+    version vN a complete set under ``<prefix>V<N>``. The registry is the one object
+    ``embedding_versions`` in ``<prefix>Meta`` (the same JSON as the LanceDB file, with
+    `prefix` in place of `directory`), replaced whole on every change. One connection,
+    opened on first use, serves the registry and collection management."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        api_key: str | None = None,
+        grpc_port: int = 50051,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._api_key = api_key
+        self._grpc_port = grpc_port
+        self._timeout_s = timeout_s
+        self._meta: WeaviateStore | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> WeaviateStore:
+        with self._lock:
+            if self._meta is None:
+                from pertinent.stores.weaviate import open_meta
+
+                self._meta = open_meta(
+                    self.url,
+                    prefix=self.prefix,
+                    api_key=self._api_key,
+                    grpc_port=self._grpc_port,
+                    timeout_s=self._timeout_s,
+                )
+            return self._meta
+
+    def _where(self) -> str:
+        return f"{self.prefix}Meta at {self.url}"
+
+    def load(self) -> Registry | None:
+        text = self._connection().read_meta(REGISTRY_KEY)
+        if text is None:
+            return None
+        try:
+            return _registry_from(json.loads(text))
+        except (ValueError, KeyError, TypeError, InvalidInput) as exc:
+            raise StoreCorrupted(
+                f"The embedding-version registry in {self._where()} cannot be read: {exc}. "
+                f"Restore the {REGISTRY_KEY!r} object from a backup; the versions are the "
+                f"collection sets {self.prefix}* and {self.prefix}V<n>*."
+            ) from exc
+
+    def save(self, registry: Registry) -> None:
+        self._connection().write_meta(REGISTRY_KEY, _registry_json(registry))
+
+    def place(self, number: int) -> dict[str, str]:
+        if number == 1:
+            return {"prefix": self.prefix}
+        prefix = f"{self.prefix}V{number}"
+        if len(prefix) > 41:
+            raise ConfigurationError(
+                f"The collection prefix {self.prefix!r} is too long to derive version prefixes "
+                f"({prefix!r} exceeds 41 characters); use a prefix of at most 38 characters."
+            )
+        return {"prefix": prefix}
+
+    def _prefix(self, version: EmbeddingVersion) -> str:
+        if version.prefix is None:
+            raise StoreCorrupted(
+                f"Embedding version {version.id} in {self._where()} names no collection prefix; "
+                f"restore the {REGISTRY_KEY!r} object from a backup."
+            )
+        return version.prefix
+
+    def exists(self, version: EmbeddingVersion) -> bool:
+        return self._connection().collections_exist(prefix=self._prefix(version))
+
+    def open_store(self, version: EmbeddingVersion) -> Store:
+        from pertinent.stores.weaviate import WeaviateStore
+
+        return WeaviateStore(
+            self.url,
+            model_id=version.model_id,
+            dim=version.dim,
+            api_key=self._api_key,
+            grpc_port=self._grpc_port,
+            timeout_s=self._timeout_s,
+            prefix=self._prefix(version),
+        )
+
+    def create_store(self, version: EmbeddingVersion) -> Store:
+        """Collections left by a crashed build of this version are dropped first, but
+        only if their `version_of` record names this store: collections of another
+        store that happens to use the derived prefix are never touched."""
+        prefix = self._prefix(version)
+        if prefix == self.prefix:
+            raise ConfigurationError("Version v1 is the store itself; it is never rebuilt.")
+        meta = self._connection()
+        if meta.collections_exist(prefix=prefix):
+            owner = meta.read_meta(_OWNER_KEY, prefix=prefix)
+            if owner != self.prefix:
+                raise ConfigurationError(
+                    f"Weaviate at {self.url} already has collections {prefix}*, which are not "
+                    f"a version of the store {self.prefix}*; drop them or use another "
+                    "collection prefix for this store."
+                )
+            meta.drop_collections(prefix=prefix)
+        store = self.open_store(version)
+        meta.write_meta(_OWNER_KEY, self.prefix, prefix=prefix)
+        return store
+
+    def discard(self, version: EmbeddingVersion) -> None:
+        prefix = self._prefix(version)
+        if prefix != self.prefix:
+            self._connection().drop_collections(prefix=prefix)
+
+    def close(self) -> None:
+        with self._lock:
+            meta, self._meta = self._meta, None
+        if meta is not None:
+            meta.close()
+
+
+def home_for(settings: Settings) -> VersionHome:
+    """The version home of the store `settings` describe (its backend)."""
+    if settings.backend == "weaviate":
+        key = settings.weaviate_api_key.get_secret_value() if settings.weaviate_api_key else None
+        return WeaviateHome(
+            settings.weaviate_url,
+            prefix=settings.weaviate_collection_prefix,
+            api_key=key or None,
+            grpc_port=settings.weaviate_grpc_port,
+            timeout_s=settings.weaviate_timeout_s,
+        )
+    return FileHome(settings.path)
+
+
+def _home(root: str | os.PathLike[str] | VersionHome) -> VersionHome:
+    """A store root (a path: the LanceDB layout) or a `VersionHome` as a home."""
+    return FileHome(root) if isinstance(root, str | os.PathLike) else root
+
+
+def load_registry(root: str | os.PathLike[str] | VersionHome) -> Registry | None:
+    return _home(root).load()
+
+
+def save_registry(root: str | os.PathLike[str] | VersionHome, registry: Registry) -> None:
+    _home(root).save(registry)
+
+
+def active_entry(root: str | os.PathLike[str] | VersionHome) -> EmbeddingVersion | None:
     """The active version of the store at `root`; None when it was never re-embedded."""
     registry = load_registry(root)
     return registry.active_version if registry is not None else None
@@ -211,34 +464,39 @@ def model_spec(embedder: Embedder) -> str | None:
     return None
 
 
-def _initial(embedder: Embedder) -> Registry:
+def _initial(embedder: Embedder, home: VersionHome | None = None) -> Registry:
+    place = (home or FileHome(".")).place(1)
     v1 = EmbeddingVersion(
         id="v1",
         model_id=embedder.model_id,
         dim=embedder.dim,
-        directory=".",
+        directory=place.get("directory"),
         model=model_spec(embedder),
         created=datetime.now(timezone.utc).isoformat(),
+        prefix=place.get("prefix"),
     )
     return Registry(active="v1", previous=None, versions=(v1,))
 
 
-def open_version_store(root: str | os.PathLike[str], version: EmbeddingVersion) -> Store:
-    from pertinent.stores.lancedb import LanceDBStore
+def open_version_store(
+    root: str | os.PathLike[str] | VersionHome, version: EmbeddingVersion
+) -> Store:
+    return _home(root).open_store(version)
 
-    return LanceDBStore(version.path(root), model_id=version.model_id, dim=version.dim)
 
-
-def each_inactive_store(root: str | os.PathLike[str], active_id: str | None) -> Iterator[Store]:
+def each_inactive_store(
+    root: str | os.PathLike[str] | VersionHome, active_id: str | None
+) -> Iterator[Store]:
     """Every registered version but the active one, opened in turn (and closed): what
     forgetting, retention and key rotation must reach too."""
-    registry = load_registry(root)
+    home = _home(root)
+    registry = home.load()
     if registry is None:
         return
     for v in registry.versions:
-        if v.id == (active_id or registry.active) or not v.path(root).is_dir():
+        if v.id == (active_id or registry.active) or not home.exists(v):
             continue
-        store = open_version_store(root, v)
+        store = home.open_store(v)
         try:
             yield store
         finally:
@@ -295,7 +553,7 @@ def _memory_texts(chunks: Sequence[Chunk]) -> list[str]:
 
 
 def build_version(
-    root: Path,
+    root: Path | VersionHome,
     old: ActiveVersion,
     embedder: Embedder,
     *,
@@ -313,27 +571,27 @@ def build_version(
     if raw is None:
         raise ConfigurationError(
             f"Re-embedding needs a store that lists every row ({type(old.store).__name__} "
-            "does not); it is available on the embedded LanceDB backend."
+            "does not); the LanceDB and Weaviate stores do (without a degraded-mode replica)."
         )
-    registry = load_registry(root) or _initial(old.embedder)
+    home = _home(root)
+    registry = home.load() or _initial(old.embedder, home)
     current = registry.active_version
     if embedder.model_id == current.model_id:
         raise InvalidInput(
             f"{embedder.model_id!r} is already the active embedding model; pass another model."
         )
     number = 1 + max(int(v.id[1:]) for v in registry.versions if v.id[1:].isdigit())
+    place = home.place(number)
     version = EmbeddingVersion(
         id=f"v{number}",
         model_id=embedder.model_id,
         dim=embedder.dim,
-        directory=f"versions/v{number}",
+        directory=place.get("directory"),
         model=model or model_spec(embedder),
         created=datetime.now(timezone.utc).isoformat(),
+        prefix=place.get("prefix"),
     )
-    target = version.path(root)
-    if target.exists():  # a re-embed that crashed before registering it
-        shutil.rmtree(target)
-    new_store = wrap(open_version_store(root, version))
+    new_store = wrap(home.create_store(version))
     unseal_chunk = opener.open_chunk if opener is not None else (lambda c: c)
     unseal_turn = opener.open_turn if opener is not None else (lambda t: t)
     try:
@@ -389,14 +647,14 @@ def build_version(
                 (target_store if user == CANARY_USER else new_store).put_user_settings(user, found)
     except BaseException:
         new_store.close()
-        shutil.rmtree(target, ignore_errors=True)
+        home.discard(version)
         raise
     registry = Registry(
         active=registry.active,
         previous=registry.previous,
         versions=(*registry.versions, version),
     )
-    save_registry(root, registry)  # registered before the switch: forget reaches it
+    home.save(registry)  # registered before the switch: forget reaches it
     report = ReembedReport(
         version=version.id,
         model_id=version.model_id,
@@ -418,12 +676,12 @@ def _memory_texts_for(batch: Sequence[Chunk], owned: Sequence[Chunk]) -> list[st
     return [texts[c.id] for c in batch]
 
 
-def switch(root: Path, registry: Registry, to: str) -> Registry:
-    """Make version `to` active on disk (one atomic replace); the old active becomes
-    `previous`, so `rollback` returns to it."""
+def switch(root: Path | VersionHome, registry: Registry, to: str) -> Registry:
+    """Make version `to` active in the registry (one atomic write); the old active
+    becomes `previous`, so `rollback` returns to it."""
     registry.get(to)
     new = Registry(active=to, previous=registry.active, versions=registry.versions)
-    save_registry(root, new)
+    _home(root).save(new)
     return new
 
 

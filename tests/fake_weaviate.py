@@ -284,6 +284,13 @@ class FakeWeaviate:
             shard = coll.shards.get(tenant, {})
             return [dict(o.props, _id=o.uuid) for o in sorted(shard.values(), key=_by_order)]
 
+    def vectors(self, collection: str, tenant: str = "") -> list[np.ndarray]:
+        """The stored objects' vectors, every named vector of each (for assertions)."""
+        with self._lock:
+            coll = self._collections.get(collection)
+            shard = coll.shards.get(tenant, {}) if coll is not None else {}
+            return [v for o in sorted(shard.values(), key=_by_order) for v in o.vectors.values()]
+
     def set_property(self, collection: str, prop: str, value: Any, tenant: str = "") -> None:
         """Overwrite a property on every object of a collection (to fake older data)."""
         with self._lock:

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from weaviate import WeaviateClient
     from weaviate.proto.v1 import base_pb2, search_get_pb2
 
-__all__ = ["WeaviateStore", "tenant_for"]
+__all__ = ["WeaviateStore", "open_meta", "tenant_for"]
 
 T = TypeVar("T")
 
@@ -170,6 +170,10 @@ def _drop_tenant(client: WeaviateClient, collection: str, tenant: str, _: float)
     client.collections.use(collection).tenants.remove([tenant])
 
 
+def _drop(client: WeaviateClient, name: str, _: float) -> None:
+    client.collections.delete(name)
+
+
 @dataclass(frozen=True)
 class _Names:
     meta: str
@@ -178,6 +182,16 @@ class _Names:
     turns: str
     users: str
     settings: str
+
+    @classmethod
+    def of(cls, prefix: str) -> _Names:
+        return cls(*(f"{prefix}{kind}" for kind in _KINDS))
+
+    def all(self) -> tuple[str, ...]:
+        return (self.meta, self.chunks, self.events, self.turns, self.users, self.settings)
+
+
+_KINDS = ("Meta", "Chunks", "Events", "Turns", "Users", "Settings")
 
 
 @dataclass(frozen=True)
@@ -255,14 +269,8 @@ class WeaviateStore:
         self._batch_size = batch_size
         self._grpc_port = grpc_port
         self._has_key = bool(api_key)
-        self._names = _Names(
-            meta=f"{prefix}Meta",
-            chunks=f"{prefix}Chunks",
-            events=f"{prefix}Events",
-            turns=f"{prefix}Turns",
-            users=f"{prefix}Users",
-            settings=f"{prefix}Settings",
-        )
+        self.prefix = prefix
+        self._names = _Names.of(prefix)
         secure = parts.scheme == "https"
         port = parts.port or (443 if secure else 80)
         self._client: WeaviateClient | None = None
@@ -1451,8 +1459,104 @@ class WeaviateStore:
         )
         return counts
 
+    # ------------------------------------------------------------------ embedding versions
+    # What re-embedding needs (pertinent/versions.py): every shared chunk and every user
+    # with settings (read-only scans), small named records in `<prefix>Meta` (the version
+    # registry), and dropping the collections of a version that failed half-way.
+
+    def shared_chunks(self) -> list[Chunk]:
+        """Every shared (unowned) chunk, with vectors, by id. A scan of every chunk:
+        Weaviate's cursor cannot be combined with a filter."""
+        rows = self._scan("read shared chunks", self._names.chunks, _CHUNK_PROPS)
+        chunks = (self._chunk(r) for r in rows)
+        return sorted((c for c in chunks if not c.owner), key=lambda c: c.id)
+
+    def user_settings_ids(self) -> list[str]:
+        """Every user with stored settings (consent), whether or not they have data."""
+        rows = self._scan("list user settings", self._names.settings, ["user_id"], vectors=False)
+        return sorted({u for r in rows if (u := self._props(r).get("user_id"))})
+
+    def _meta_of(self, prefix: str | None) -> str:
+        return _Names.of(prefix).meta if prefix is not None else self._names.meta
+
+    def read_meta(self, key: str, *, prefix: str | None = None) -> str | None:
+        """The value of the `<prefix>Meta` record `key` (this store's prefix by default);
+        None if there is none, or no such collection yet (a store never opened)."""
+        request = self._request(
+            self._meta_of(prefix),
+            limit=1,
+            props=["value"],
+            vectors=False,
+            filters=self._filter("_id", "eq", _uid("meta", key)),
+        )
+        try:
+            reply = self._search(f"read {key}", request)
+        except StoreError:
+            if not self.collections_exist(prefix=prefix):
+                return None
+            raise
+        if not reply.results:
+            return None
+        value = self._props(reply.results[0]).get("value")
+        return str(value) if value is not None else None
+
+    def write_meta(self, key: str, value: str, *, prefix: str | None = None) -> None:
+        """Replace the `<prefix>Meta` record `key` whole: one object written under one
+        uuid, so a reader sees the old value or the new one, never a mix."""
+        obj = self._object(self._meta_of(prefix), _uid("meta", key), {"key": key, "value": value})
+        self._write(f"write {key}", [_Pending(key, obj)])
+
+    def collections_exist(self, *, prefix: str | None = None) -> bool:
+        """Whether the `<prefix>Meta` collection exists (this store's prefix by default)."""
+        client = self._connected()
+        name = self._meta_of(prefix)
+        return self._call(f"look up collection {name}", partial(_exists, client, name))
+
+    def drop_collections(self, *, prefix: str) -> None:
+        """Delete every collection of the store under `prefix`: a version that is to be
+        rebuilt. Irreversible; only re-embedding calls it, never on the open store."""
+        if prefix == self.prefix:
+            raise ConfigurationError(
+                f"Refusing to drop the open store's own collections ({prefix})."
+            )
+        client = self._connected()
+        for name in _Names.of(prefix).all():
+            if self._call(f"look up collection {name}", partial(_exists, client, name)):
+                self._call(f"drop collection {name}", partial(_drop, client, name))
+
     def close(self) -> None:
         """Close the client's HTTP and gRPC connections. Safe to call twice."""
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+class _MetaOnly(WeaviateStore):
+    """A connection for the `<prefix>Meta` records and collection management only: it
+    creates no collection and checks no model, because the version registry must be
+    read before the model (and so the store to open) is known."""
+
+    def _ensure_schema(self) -> None:
+        return None
+
+
+def open_meta(
+    url: str,
+    *,
+    prefix: str,
+    api_key: str | None = None,
+    grpc_port: int = 50051,
+    timeout_s: float = 30.0,
+) -> WeaviateStore:
+    """A `WeaviateStore` connection for `read_meta` / `write_meta` / `collections_exist`
+    / `drop_collections` (`prefix` is the default one); its chunk and log methods are
+    not to be used."""
+    return _MetaOnly(
+        url,
+        model_id="",
+        dim=0,
+        api_key=api_key,
+        grpc_port=grpc_port,
+        timeout_s=timeout_s,
+        prefix=prefix,
+    )
