@@ -180,15 +180,27 @@ def cmd_reembed(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     import pertinent
-    from pertinent.versions import load_registry, switch
+    from pertinent.client import resolve_settings
+    from pertinent.versions import home_for, switch
 
-    root = Path(args.data)
-    registry = load_registry(root)
-    if registry is None or registry.previous is None:
-        raise pertinent.InvalidInput(
-            f"{root} has no previous embedding version to roll back to (never re-embedded)."
-        )
-    new = switch(root, registry, registry.previous)
+    settings = resolve_settings(
+        args.data,
+        backend=args.backend,
+        url=args.url,
+        api_key=args.api_key,
+        grpc_port=args.grpc_port,
+    )
+    home = home_for(settings)  # the registry: a file beside the store, or a cluster object
+    try:
+        registry = home.load()
+        if registry is None or registry.previous is None:
+            where = settings.weaviate_url if settings.backend == "weaviate" else args.data
+            raise pertinent.InvalidInput(
+                f"{where} has no previous embedding version to roll back to (never re-embedded)."
+            )
+        new = switch(home, registry, registry.previous)
+    finally:
+        home.close()
     active = new.active_version
     print(
         f"active embedding version: {active.id} ({active.model_id}); {new.previous} is kept. "
@@ -408,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rb = sub.add_parser("rollback", help="switch back to the previous embedding version")
     data_arg(rb)
+    backend_args(rb)
     rb.set_defaults(func=cmd_rollback)
 
     e = sub.add_parser("eval", help="measure every method on an evaluation data set")

@@ -1167,6 +1167,42 @@ class Pertinent:
                 other.purge_before(log, cutoff)
 
 
+def resolve_settings(
+    path: str | Path | None = None,
+    *,
+    settings: Settings | None = None,
+    backend: str | None = None,
+    url: str | None = None,
+    api_key: str | None = None,
+    grpc_port: int | None = None,
+) -> Settings:
+    """`settings` (or ``PERTINENT_*`` env vars) with the arguments `open` takes applied:
+    what `open` and the CLI agree a store's place is."""
+    from pydantic import SecretStr
+
+    from pertinent.errors import ConfigurationError
+
+    s = settings or Settings()
+    update: dict[str, Any] = {}
+    if path is not None:
+        update["path"] = Path(path)
+    if backend is None and url is not None:
+        backend = "weaviate"
+    if backend is not None:
+        if backend not in ("lancedb", "weaviate"):
+            raise ConfigurationError(
+                f"Unknown backend {backend!r}; use 'lancedb' (embedded) or 'weaviate'."
+            )
+        update["backend"] = backend
+    if url is not None:
+        update["weaviate_url"] = url
+    if api_key is not None:
+        update["weaviate_api_key"] = SecretStr(api_key)
+    if grpc_port is not None:
+        update["weaviate_grpc_port"] = grpc_port
+    return s.model_copy(update=update) if update else s
+
+
 def open(
     path: str | Path | None = None,
     *,
@@ -1191,30 +1227,11 @@ def open(
     or ``Settings.encryption_key_file``) seals user-owned records with AES-GCM; a key the
     store was not written with raises `DecryptionFailed` here (docs/privacy.md).
     """
-    from pydantic import SecretStr
-
     from pertinent.errors import ConfigurationError
 
-    s = settings or Settings()
-    update: dict[str, Any] = {}
-    if path is not None:
-        update["path"] = Path(path)
-    if backend is None and url is not None:
-        backend = "weaviate"
-    if backend is not None:
-        if backend not in ("lancedb", "weaviate"):
-            raise ConfigurationError(
-                f"Unknown backend {backend!r}; use 'lancedb' (embedded) or 'weaviate'."
-            )
-        update["backend"] = backend
-    if url is not None:
-        update["weaviate_url"] = url
-    if api_key is not None:
-        update["weaviate_api_key"] = SecretStr(api_key)
-    if grpc_port is not None:
-        update["weaviate_grpc_port"] = grpc_port
-    if update:
-        s = s.model_copy(update=update)
+    s = resolve_settings(
+        path, settings=settings, backend=backend, url=url, api_key=api_key, grpc_port=grpc_port
+    )
     from pertinent.versions import active_entry
 
     # The active embedding version picks the model and the store's place (a directory

@@ -263,3 +263,22 @@ def test_a_degraded_mode_replica_is_kept_per_version(
         assert px.embedding_versions().active == "v2"
         with pytest.raises(pertinent.ConfigurationError, match="degraded-mode replica"):
             px.rollback(embedder=embedder)
+
+
+def test_cli_rollback_on_the_cluster(
+    fake: FakeWeaviate, embedder: pertinent.CachedQueryEmbedder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pertinent.cli import main
+
+    cluster = ["--url", fake.url, "--grpc-port", str(fake.grpc_port)]
+    with _open(fake, embedder) as px:
+        px.ingest(CORPUS[:3], show_progress=False)
+        assert main(["rollback", *cluster]) == 2  # nothing to roll back to
+        assert "no previous embedding" in capsys.readouterr().err  # (the CLI wraps lines)
+        before = _results(px)
+        px.reembed(Truncated(embedder))
+    assert main(["rollback", *cluster]) == 0
+    assert "active embedding version: v1" in capsys.readouterr().out
+    assert (_registry(fake)["active"], _registry(fake)["previous"]) == ("v1", "v2")
+    with _open(fake, embedder) as px:  # the next process opens the version rolled back to
+        assert _results(px) == before
