@@ -54,10 +54,15 @@ _log = logging.getLogger("pertinent.stores.lancedb")
 _SCHEMA_VERSION = "1"
 _FTS_REFRESH_ROWS = 2000
 # Past this many chunks a flat scan behind the visibility prefilter costs 100+ ms per
-# query on 2 cores; an IVF_FLAT index (exact distances, no quantisation to undo with a
-# refine step) probed over _VECTOR_NPROBES partitions kept recall@50 >= 0.95 against
-# exact search at 100k chunks (bench/bench_scale.py, docs/benchmarks.md).
+# query on 2 cores. The index is an HNSW graph over int8-quantised vectors (HNSW_SQ):
+# MiniLM vectors of real text do not cluster tightly, so IVF had to probe ~40% of the
+# table for recall@50 >= 0.95 (0.79 at 40 of 100 partitions on 10k real vectors), while
+# HNSW at ef=_VECTOR_EF kept 0.96 at a third of the time (docs/benchmarks.md). Scores
+# are recomputed from the stored float vectors, so quantisation only touches the order
+# of the graph walk. Stores indexed with IVF_FLAT before keep it, probed _VECTOR_NPROBES.
 _VECTOR_INDEX_MIN_ROWS = 10_000
+_VECTOR_EF = 500
+_VECTOR_REBUILD_GROWTH = 2
 _VECTOR_NPROBES = 40
 # Every small append is a new data file and a new table version; reads slow down with
 # thousands of them, so the logs are compacted after this many appends.
@@ -132,6 +137,11 @@ class _GroupCommit:
 
     def close(self) -> None:
         self._queue.put(None)
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
 
 
 def _owner_clause(user_id: str | None) -> str:
@@ -228,6 +238,9 @@ class LanceDBStore:
         self._has_fts = any(ix.index_type == "FTS" for ix in self._chunks.list_indices())
         indexed = {tuple(ix.columns) for ix in self._chunks.list_indices()}
         self._has_vector_index = ("vector",) in indexed
+        self._vector_index_type = next(
+            (ix.index_type for ix in self._chunks.list_indices() if ix.columns == ["vector"]), None
+        )
         self._has_filter_indexes = {("owner",), ("public",), ("acl",)} <= indexed
         self._event_writer = _GroupCommit(
             "events", lambda rows: self._append("events", self._events, rows), self._pa
@@ -502,10 +515,28 @@ class LanceDBStore:
             self._index_filters()
         if self._has_vector_index:
             return
-        from lancedb.index import IvfFlat
+        from lancedb.index import HnswSq
 
-        self._chunks.create_index("vector", config=IvfFlat(distance_type="cosine"), replace=True)
+        # One partition: a single graph (partitions would make it IVF, with IVF's recall).
+        config = HnswSq(distance_type="cosine", num_partitions=1)
+        rows = int(self._chunks.count_rows())
+        self._chunks.create_index("vector", config=config, replace=True)
         self._has_vector_index = True
+        self._vector_index_type = "IvfHnswSq"
+        self._set_meta_value("vector_index_rows", str(rows))
+
+    def _meta_value(self, key: str) -> str | None:
+        rows = self._db.open_table("meta").search().where(f"key = {sql_literal(key)}").to_list()
+        return str(rows[0]["value"]) if rows else None
+
+    def _set_meta_value(self, key: str, value: str) -> None:
+        (
+            self._db.open_table("meta")
+            .merge_insert("key")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute([{"key": key, "value": value}])
+        )
 
     def _index_filters(self) -> None:
         """Scalar indexes for every column the visibility filter tests, so the prefilter
@@ -518,11 +549,20 @@ class LanceDBStore:
         self._has_filter_indexes = True
 
     def optimize(self) -> None:
-        """Fold new rows into the indexes and compact small files (safe to call any time)."""
+        """Fold new rows into the indexes and compact small files (safe to call any time).
+
+        Rows added after the vector index was built are folded in as extra graph segments,
+        each searched in turn; once the table has grown to _VECTOR_REBUILD_GROWTH times
+        the rows the index was built on, the index is rebuilt whole instead (minutes at
+        1M chunks, which is why only this explicit call does it, never an ingest)."""
         with self._lock, self._errors("optimize"):
             for table in (self._chunks, self._events, self._turns):
                 table.optimize()
             self._unindexed = 0
+            rows = int(self._chunks.count_rows())
+            built = self._meta_value("vector_index_rows")
+            if self._has_vector_index and built and rows >= _VECTOR_REBUILD_GROWTH * int(built):
+                self._has_vector_index = False  # rebuilt below, over every row
             self._index_vectors()
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
@@ -568,8 +608,9 @@ class LanceDBStore:
             )
         read = table["id"].to_pylist()
         matrix = self._vector_matrix(table["vector"])
-        matrix.setflags(write=False)  # shared with the cache: nobody may change it in place
-        vectors = {i: matrix[n] for n, i in enumerate(read)}
+        # One array per row (a row view would keep the whole batch's matrix alive for as
+        # long as the cache holds any of its rows), read-only since the cache shares it.
+        vectors = {i: _frozen(matrix[n].copy()) for n, i in enumerate(read)}
         self._vector_cache.fill(
             version, dict(zip(read, table["owner"].to_pylist(), strict=True)), vectors
         )
@@ -628,8 +669,10 @@ class LanceDBStore:
                 .distance_type("cosine")
                 .where(_visibility(where), prefilter=True)
             )
-            if self._has_vector_index:
+            if self._vector_index_type == "IvfFlat":
                 search = search.nprobes(_VECTOR_NPROBES)
+            elif self._has_vector_index:
+                search = search.ef(max(_VECTOR_EF, k))  # LanceDB refuses ef < k
             rows = search.limit(k).to_arrow().to_pylist()
         hits = []
         for r in rows:

@@ -9,6 +9,7 @@ from pathlib import Path
 import lancedb
 import numpy as np
 import pytest
+from lancedb.index import IvfFlat
 
 from pertinent.stores import lancedb as lancedb_store
 from pertinent.stores.base import SearchFilter
@@ -87,7 +88,7 @@ def test_filters_use_indexes_once_the_table_is_big_enough(
     store.optimize()
     indexed = {tuple(ix.columns): ix.index_type for ix in store._chunks.list_indices()}
     assert indexed[("public",)] == "Bitmap" and indexed[("acl",)] == "LabelList"
-    assert indexed[("owner",)] == "Bitmap" and ("vector",) in indexed
+    assert indexed[("owner",)] == "Bitmap" and indexed[("vector",)] == "IvfHnswSq"
     _check_visibility(store, chunks)
     store.close()
 
@@ -104,13 +105,36 @@ def test_a_store_without_the_public_column_is_migrated_on_open(
     # What a store written by pertinent before the column existed looks like.
     old = lancedb.connect(tmp_path / "s").open_table("chunks")
     old.drop_columns(["public"])
+    old.create_index("vector", config=IvfFlat(distance_type="cosine"), replace=True)
     for ix in old.list_indices():
         if ix.columns == ["acl"]:
             old.drop_index(ix.name)
     reopened = LanceDBStore(tmp_path / "s", model_id=MODEL, dim=DIM)
     assert "public" in reopened._chunks.schema.names
+    assert reopened._vector_index_type == "IvfFlat"  # kept, and probed as IVF
     _check_visibility(reopened, chunks)
     reopened.optimize()  # an old indexed store gets the new indexes on its next optimize
     assert {("public",), ("acl",)} <= {tuple(ix.columns) for ix in reopened._chunks.list_indices()}
     _check_visibility(reopened, chunks)
     reopened.close()
+
+
+def test_the_vector_index_is_rebuilt_by_optimize_once_the_table_doubles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lancedb_store, "_VECTOR_INDEX_MIN_ROWS", 200)
+    chunks = _corpus(700)
+    store = LanceDBStore(tmp_path / "s", model_id=MODEL, dim=DIM)
+    store.upsert_chunks(chunks[:300])
+    store.optimize()
+    assert store._meta_value("vector_index_rows") == "300"
+    store.upsert_chunks(chunks[300:500])
+    store.optimize()  # 500 < 2 x 300: new rows folded into the index, no rebuild
+    assert store._meta_value("vector_index_rows") == "300"
+    store.upsert_chunks(chunks[500:])
+    store.optimize()  # 700 >= 2 x 300: rebuilt over every row
+    assert store._meta_value("vector_index_rows") == "700"
+    stats = store._chunks.index_stats("vector_idx")
+    assert stats is not None and stats.num_indexed_rows == 700 and stats.num_indices == 1
+    _check_visibility(store, chunks)
+    store.close()

@@ -92,6 +92,8 @@ def test_the_cache_is_bounded_and_can_be_turned_off(tmp_path: Path) -> None:
     store.upsert_chunks(chunks)
     got = store.get_vectors([c.id for c in chunks])
     assert len(got) == 5 and len(store._vector_cache) == 2
+    # each cached vector owns its memory: a row view would pin the whole batch read
+    assert all(v.base is None for v in got.values())
     off = _store(tmp_path / "s", vector_cache_entries=0)
     a, b = off.get_vectors(["d-0"]), off.get_vectors(["d-0"])
     assert a["d-0"] is not b["d-0"] and len(off._vector_cache) == 0
