@@ -62,6 +62,7 @@ _FTS_REFRESH_ROWS = 2000
 # of the graph walk. Stores indexed with IVF_FLAT before keep it, probed _VECTOR_NPROBES.
 _VECTOR_INDEX_MIN_ROWS = 10_000
 _VECTOR_EF = 500
+_VECTOR_REFINE = 2
 _VECTOR_REBUILD_GROWTH = 2
 _VECTOR_NPROBES = 40
 # Every small append is a new data file and a new table version; reads slow down with
@@ -672,13 +673,18 @@ class LanceDBStore:
             if self._vector_index_type == "IvfFlat":
                 search = search.nprobes(_VECTOR_NPROBES)
             elif self._has_vector_index:
-                search = search.ef(max(_VECTOR_EF, k))  # LanceDB refuses ef < k
+                # ef >= the k it walks for or LanceDB refuses; refining re-ranks 2k candidates
+                # on the float vectors, so int8 rounding seldom pushes a true top-k out.
+                search = search.ef(max(_VECTOR_EF, k * _VECTOR_REFINE))
+                search = search.refine_factor(_VECTOR_REFINE)
             rows = search.limit(k).to_arrow().to_pylist()
         hits = []
         for r in rows:
             chunk = self._row_to_chunk(r)
             assert chunk.vector is not None
             hits.append(Hit(chunk=chunk, vector_cosine=float(chunk.vector @ q)))
+        # Ties (and, on an IVF_FLAT index, float rounding) in a deterministic order.
+        hits.sort(key=lambda h: (-(h.vector_cosine or 0.0), h.id))
         return hits
 
     def keyword_search(self, text: str, *, k: int, where: SearchFilter) -> list[Hit]:

@@ -1,6 +1,7 @@
 """The vector index `LanceDBStore.optimize` builds past `_VECTOR_INDEX_MIN_ROWS`
 (bench/bench_scale.py measured why): built once, with a bitmap on `owner`, and searches
-through it keep visibility rules and exact top-k when every partition is probed."""
+through it keep visibility rules and exact top-k when the graph walk (ef) covers the
+whole table."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pertinent.stores.lancedb import LanceDBStore
 from pertinent.types import Chunk
 
 DIM = 16
-ROWS = 400  # sqrt(400) = 20 IVF partitions, fewer than the probes: search is exact
+ROWS = 400  # fewer than the search's ef (500): the graph walk sees every row
 
 
 def _chunks(rng: np.random.Generator) -> list[Chunk]:
@@ -47,8 +48,8 @@ def test_optimize_indexes_vectors_past_the_threshold(
     store.upsert_chunks(chunks[ROWS // 2 :])
     store.optimize()
     assert store._has_vector_index
-    kinds = {ix.index_type: list(ix.columns) for ix in store._chunks.list_indices()}
-    assert kinds.get("IvfFlat") == ["vector"] and kinds.get("Bitmap") == ["owner"]
+    kinds = {tuple(ix.columns): ix.index_type for ix in store._chunks.list_indices()}
+    assert kinds[("vector",)] == "IvfHnswSq" and kinds[("owner",)] == "Bitmap"
 
     matrix = np.stack([c.vector for c in chunks])
     shared = np.array([c.owner is None for c in chunks])
