@@ -1293,6 +1293,7 @@ def open(
                 model_id=emb.model_id,
                 dim=emb.dim,
                 cache_bytes=s.lancedb_cache_mib << 20,
+                index_cache_bytes=s.lancedb_index_cache_mib << 20,
             )
             store = ReplicatedStore(store, replica, str(replica_path))
     else:
@@ -1305,7 +1306,11 @@ def open(
 
         root = version.path(s.path) if version is not None else s.path
         store = LanceDBStore(
-            root, model_id=emb.model_id, dim=emb.dim, cache_bytes=s.lancedb_cache_mib << 20
+            root,
+            model_id=emb.model_id,
+            dim=emb.dim,
+            cache_bytes=s.lancedb_cache_mib << 20,
+            index_cache_bytes=s.lancedb_index_cache_mib << 20,
         )
     from pertinent.privacy.encryption import encrypt_store
 
