@@ -241,12 +241,10 @@ class LanceDBStore:
         self._turns = self._open_or_create("turns", self._turn_schema(), existing)
         self._users = self._open_or_create("users", self._user_schema(), existing)
         self._has_fts = any(ix.index_type == "FTS" for ix in self._chunks.list_indices())
-        indexed = {tuple(ix.columns) for ix in self._chunks.list_indices()}
-        self._has_vector_index = ("vector",) in indexed
-        self._vector_index_type = next(
-            (ix.index_type for ix in self._chunks.list_indices() if ix.columns == ["vector"]), None
-        )
-        self._has_filter_indexes = {("owner",), ("public",), ("acl",)} <= indexed
+        indexed = {tuple(ix.columns): ix.index_type for ix in self._chunks.list_indices()}
+        self._vector_index_type: str | None = indexed.get(("vector",))
+        self._has_vector_index = self._vector_index_type is not None
+        self._has_filter_indexes = {("owner",), ("public",), ("acl",)} <= indexed.keys()
         self._event_writer = _GroupCommit(
             "events", lambda rows: self._append("events", self._events, rows), self._pa
         )
