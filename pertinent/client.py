@@ -837,7 +837,7 @@ class Pertinent:
                 f"cluster: the cluster is unavailable ({exc})"
             )
             candidates = gather_candidates(
-                replica[0], query, qvec, user_state()[0], self.settings, where, times, None
+                replica[0], query, qvec, lambda: user_state()[0], self.settings, where, times, None
             )
         profile, session = user_state()
         results = rank(

@@ -43,7 +43,7 @@ def gather_candidates(
     store: Store,
     text: str,
     query: Vector,
-    profile: ProfileView | Callable[[], ProfileView],
+    profile: Callable[[], ProfileView],
     settings: Settings,
     where: SearchFilter,
     times: StageTimes | None = None,
@@ -51,10 +51,10 @@ def gather_candidates(
 ) -> list[Candidate]:
     """The store's hybrid top-N, plus the user-blended vector leg's top-M.
 
-    `profile` may be a callable: it is called once the hybrid search is under way (in
-    `executor`), so loading a user's state from the store overlaps the search instead
-    of preceding it. The user leg runs in this thread meanwhile, so the two searches
-    overlap as well (both mostly wait on the store, which releases the GIL).
+    `profile` is called once the hybrid search is under way (in `executor`), so loading
+    a user's state from the store overlaps the search instead of preceding it. The user
+    leg runs in this thread meanwhile, so the two searches overlap as well (both mostly
+    wait on the store, which releases the GIL).
 
     A chunk found only by the user leg gets a hybrid score from its query cosine,
     scaled like the hybrid leg's vector part (its bm25 part is 0: the keyword leg did
@@ -71,7 +71,7 @@ def gather_candidates(
             alpha=settings.alpha,
             where=where,
         )
-    view = profile() if callable(profile) else profile
+    view = profile()
     if times is not None:
         t0 = times.add("user_state", t0)
     blended = blended_query(query, view, settings.rho)
