@@ -1294,6 +1294,7 @@ def open(
                 dim=emb.dim,
                 cache_bytes=s.lancedb_cache_mib << 20,
                 index_cache_bytes=s.lancedb_index_cache_mib << 20,
+                malloc_arena_max=s.malloc_arena_max,
             )
             store = ReplicatedStore(store, replica, str(replica_path))
     else:
@@ -1311,6 +1312,7 @@ def open(
             dim=emb.dim,
             cache_bytes=s.lancedb_cache_mib << 20,
             index_cache_bytes=s.lancedb_index_cache_mib << 20,
+            malloc_arena_max=s.malloc_arena_max,
         )
     from pertinent.privacy.encryption import encrypt_store
 

@@ -156,6 +156,14 @@ class Settings(BaseSettings):
         "per chunk at 384 dimensions: 60 MiB at 100k chunks, 600 MiB at 1M) or every query "
         "reads the index from disk again",
     )
+    malloc_arena_max: int | None = Field(
+        2,
+        ge=1,
+        description="embedded store: cap glibc malloc arenas at this many when the store "
+        "opens, or LanceDB's writer threads leave freed memory fragmented across arenas and "
+        "a process that writes steadily grows without limit (None = leave malloc alone; "
+        "MALLOC_ARENA_MAX in the environment always wins)",
+    )
     degraded_fallback_path: Path | None = Field(
         None,
         description="backend weaviate with degraded_mode: a local LanceDB replica of the "

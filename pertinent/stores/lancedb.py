@@ -38,6 +38,7 @@ from pertinent.errors import (
     StoreNotWritable,
     StoreUnavailable,
 )
+from pertinent.stores.allocator import limit_malloc_arenas
 from pertinent.stores.base import (
     EventArrays,
     SearchFilter,
@@ -202,12 +203,15 @@ class LanceDBStore:
         cache_bytes: int | None = None,
         index_cache_bytes: int | None = None,
         vector_cache_entries: int = 10_000,
+        malloc_arena_max: int | None = 2,
     ) -> None:
         try:
             import lancedb
             import pyarrow as pa
         except ImportError as exc:
             raise MissingDependency("lancedb", "local") from exc
+        if malloc_arena_max is not None:
+            limit_malloc_arenas(malloc_arena_max)  # before LanceDB's threads start
         self._pa = pa
         self.path = Path(path).expanduser()
         self._dim = dim
