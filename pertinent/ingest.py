@@ -512,6 +512,12 @@ class Chunker:
         """Character spans of the chunks, trimmed of white space, each within the limit."""
         if not text.strip():
             return []
+        whole = _trim(text, 0, len(text))
+        if self._count(text[whole[0] : whole[1]]) <= self.chunk_tokens:
+            # A text that fits is one chunk. semchunk with overlap still cuts it into
+            # overlapping windows (31 of 256 one-paragraph documents came out as two
+            # chunks repeating each other), and counts ~18 slices to do so.
+            return [whole]
         pieces = [
             span
             for start, end in self._semchunk(text, self.overlap)

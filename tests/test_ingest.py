@@ -338,6 +338,23 @@ def test_short_document_is_one_chunk(count: Counter) -> None:
     assert chunk.text == "Refunds take 5 days."
 
 
+def test_a_document_that_fits_is_one_chunk_even_with_overlap(count: Counter) -> None:
+    # One paragraph of 150-190 tokens under a 200-token limit: semchunk with overlap cut
+    # such texts into two windows repeating each other.
+    text = " ".join(
+        f"The refund for order {i} was approved after the courier confirmed delivery."
+        for i in range(14)
+    )
+    assert 150 <= count(text) <= 200
+    [chunk] = Chunker(count, chunk_tokens=200, overlap=0.1).split(Document(id="d", text=text))
+    assert chunk.text == text
+    # Over the limit by one word it is cut, and the chunks still overlap.
+    longer = text + " " + " ".join(f"w{i}" for i in range(40))
+    chunks = Chunker(count, chunk_tokens=200, overlap=0.1).split(Document(id="e", text=longer))
+    assert len(chunks) >= 2
+    assert chunks[1].text.split()[0] in chunks[0].text
+
+
 def words(text: str) -> list[str]:
     return re.findall(r"w\d+", text)
 
