@@ -144,3 +144,32 @@ def test_throughput_parts_and_the_generated_doc(
     assert "## Kept section\n\nkept" in text and text.startswith("# Benchmarks\n\nintro")
     rows = run_all.targets(res)
     assert len(rows) >= 9 and all(met in (True, False) for _, _, met in rows)
+
+
+def _run_script(name: str, *args: str) -> str:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, str(BENCH / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_write_soak_reports_rss_per_sample() -> None:
+    out = _run_script("soak_writes.py", "--commits", "30", "--samples", "3", "--arena-cap", "1")
+    assert "arena cap: 1" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["10"])]
+    assert len(rows) == 2 and all(float(r[2]) > 0 for r in rows)
+    assert "commits: 30 in" in out and "over the second half" in out
+
+
+def test_retrieve_soak_releases_what_it_opened() -> None:
+    out = _run_script(
+        "soak_retrieve.py", "--retrieves", "40", "--samples", "4", "--users", "5", "--threads", "2"
+    )
+    assert "retrieves: 40 in" in out
+    assert "released on close: OK" in out
