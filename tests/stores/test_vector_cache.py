@@ -109,3 +109,57 @@ def test_vectors_read_before_a_commit_are_not_kept_for_the_next_version() -> Non
     cache.lookup(2, ["a"], None)  # a commit happened while version 1's rows were read
     cache.fill(1, {"a": ""}, {"a": v})
     assert cache.lookup(2, ["a"], None) == ({}, ["a"])
+
+
+# ------------------------------------------------------- large misses: fetched by row id
+
+
+def test_a_large_miss_is_fetched_by_row_id_with_the_same_answer(tmp_path: Path) -> None:
+    store = _store(tmp_path / "s", vector_cache_entries=0)  # every read is a miss
+    shared = _chunks("d", 60, seed=1)
+    store.upsert_chunks(shared)
+    store.upsert_chunks(_chunks("m", 40, seed=2, owner="alice"))
+    ids = [f"d-{i}" for i in range(60)] + [f"m-{i}" for i in range(40)] + ["nope-1", "nope-2"]
+    as_bob = store.get_vectors(ids, user_id="bob")
+    as_alice = store.get_vectors(ids, user_id="alice")
+    anonymous = store.get_vectors(ids)
+    assert store._row_index is not None  # the row-id path ran
+    assert set(as_bob) == set(anonymous) == {c.id for c in shared}  # no one else's memory
+    assert set(as_alice) == set(ids) - {"nope-1", "nope-2"}
+    for c in shared:
+        np.testing.assert_array_equal(as_bob[c.id], c.vector)
+    store.close()
+
+
+def test_the_row_index_follows_other_writers(tmp_path: Path) -> None:
+    reader, writer = _store(tmp_path / "s"), _store(tmp_path / "s")
+    reader.upsert_chunks(_chunks("d", 50, seed=1))
+    ids = [f"d-{i}" for i in range(50)]
+    reader.get_vectors(ids)
+    fresh = _chunks("d", 40, seed=3)  # the document re-ingested shorter, elsewhere
+    writer.upsert_chunks(fresh)
+    reader._vector_cache.clear()
+    after = reader.get_vectors(ids)
+    assert set(after) == {c.id for c in fresh}
+    for c in fresh:
+        np.testing.assert_array_equal(after[c.id], c.vector)
+    reader.close()
+    writer.close()
+
+
+def test_rows_that_moved_under_the_index_fall_back_to_the_filter(tmp_path: Path) -> None:
+    store = _store(tmp_path / "s", vector_cache_entries=0)
+    chunks = _chunks("d", 50, seed=1)
+    store.upsert_chunks(chunks)
+    ids = [c.id for c in chunks]
+    store.get_vectors(ids)
+    version, all_ids, row_ids = store._row_index  # type: ignore[misc]
+    # As if another process compacted between our version read and the take: the row
+    # ids now point at other rows. The answer must still be right.
+    store._row_index = (version, all_ids, row_ids.take(list(range(len(row_ids)))[::-1]))
+    assert store._take_vectors(ids[:40], None) is None  # it notices
+    got = store.get_vectors(ids[:40])
+    assert set(got) == set(ids[:40])
+    for c in chunks[:40]:
+        np.testing.assert_array_equal(got[c.id], c.vector)
+    store.close()
