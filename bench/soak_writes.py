@@ -8,6 +8,7 @@ glibc's per-thread arenas and RSS grows with every commit; run the two settings 
 processes (the cap is process-wide) and compare.
 
 Usage: python bench/soak_writes.py [--commits 25000] [--samples 25] [--arena-cap 2|none]
+       [--index-cache-mib 1024]
 Prints one line per sample (commits, seconds, RSS MiB) and the growth over the run and
 over its second half.
 """
@@ -48,17 +49,28 @@ def main() -> int:
         default="2",
         help="Settings.malloc_arena_max: an int, or 'none' to leave malloc alone",
     )
+    ap.add_argument(
+        "--index-cache-mib",
+        type=int,
+        default=pertinent.Settings().lancedb_index_cache_mib,
+        help="Settings.lancedb_index_cache_mib",
+    )
     args = ap.parse_args()
     cap = None if args.arena_cap.lower() == "none" else int(args.arena_cap)
     if os.environ.get("MALLOC_ARENA_MAX"):
         print("MALLOC_ARENA_MAX is set in the environment: it decides, not --arena-cap")
     rng = random.Random(0)
-    settings = pertinent.Settings(show_progress=False, malloc_arena_max=cap)
+    settings = pertinent.Settings(
+        show_progress=False, malloc_arena_max=cap, lancedb_index_cache_mib=args.index_cache_mib
+    )
     with tempfile.TemporaryDirectory(prefix="pertinent-soak-writes-") as tmp:
         px = pertinent.open(Path(tmp) / "store", settings=settings)
         report = px.ingest([f"passage {i} about topic {i % 17}" for i in range(200)])
         ids = [r.id for r in px.search("passage topic", top_k=50)]
-        print(f"arena cap: {cap}; corpus {report.chunks} chunks")
+        print(
+            f"arena cap: {cap}; index cache {args.index_cache_mib} MiB; "
+            f"corpus {report.chunks} chunks"
+        )
         print(f"{'commits':>8} {'seconds':>8} {'RSS MiB':>8}")
         every = max(1, args.commits // args.samples)
         samples: list[tuple[int, float, float]] = []
