@@ -1130,6 +1130,7 @@ class LanceDBStore:
         lit = sql_literal(user_id)
         counts: dict[str, int] = {}
         self._vector_cache.clear()  # the version check would drop them; do not keep them
+        self._row_index = None  # nor their chunk ids
         with self._lock, self._errors("forget user"):
             for name, table, where in (
                 ("events", self._events, f"user_id = {lit}"),

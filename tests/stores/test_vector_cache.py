@@ -79,10 +79,13 @@ def test_a_cached_private_chunk_is_only_returned_to_its_owner(tmp_path: Path) ->
 
 def test_forgetting_a_user_drops_their_cached_vectors(tmp_path: Path) -> None:
     store = _store(tmp_path / "s")
-    store.upsert_chunks(_chunks("mem", 2, seed=3, owner="alice"))
-    assert len(store.get_vectors(["mem-0", "mem-1"], user_id="alice")) == 2
+    store.upsert_chunks(_chunks("mem", 40, seed=3, owner="alice"))
+    ids = [f"mem-{i}" for i in range(40)]  # enough to go through the row-id index
+    assert len(store.get_vectors(ids, user_id="alice")) == 40
+    assert store._row_index is not None
     store.delete_user("alice")
-    assert store.get_vectors(["mem-0", "mem-1"], user_id="alice") == {}
+    assert store._row_index is None  # not even their chunk ids are kept
+    assert store.get_vectors(ids, user_id="alice") == {}
     store.close()
 
 
