@@ -1,14 +1,15 @@
 """Write soak (issue 9, part 6; outside CI): resident memory (RSS) of a process that
-records events one commit at a time on the embedded store, with and without the malloc
-arena cap (`Settings.malloc_arena_max`, pertinent/stores/allocator.py).
+records events one commit at a time on the embedded store, with and without pertinent's
+malloc settings (`Settings.malloc_mmap_threshold_kib`, `Settings.malloc_arena_max`,
+pertinent/stores/allocator.py).
 
 Each `record` of one event is one LanceDB commit, the write pattern of an agent that
-records feedback as it comes. Without the cap, freed memory stays fragmented across
-glibc's per-thread arenas and RSS grows with every commit; run the two settings in two
-processes (the cap is process-wide) and compare.
+records feedback as it comes. With glibc's own malloc settings, freed write buffers
+stay in fragmented heaps and RSS grows with every commit; run the settings in separate
+processes (they are process-wide) and compare.
 
-Usage: python bench/soak_writes.py [--commits 25000] [--samples 25] [--arena-cap 2|none]
-       [--index-cache-mib 1024]
+Usage: python bench/soak_writes.py [--commits 25000] [--samples 25]
+       [--mmap-threshold-kib 1024|none] [--arena-cap none|N] [--index-cache-mib 1024]
 Prints one line per sample (commits, seconds, RSS MiB) and the growth over the run and
 over its second half.
 """
@@ -45,9 +46,12 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=25)
     ap.add_argument("--users", type=int, default=100)
     ap.add_argument(
-        "--arena-cap",
-        default="2",
-        help="Settings.malloc_arena_max: an int, or 'none' to leave malloc alone",
+        "--mmap-threshold-kib",
+        default=str(pertinent.Settings().malloc_mmap_threshold_kib),
+        help="Settings.malloc_mmap_threshold_kib: an int, or 'none' for glibc's own",
+    )
+    ap.add_argument(
+        "--arena-cap", default="none", help="Settings.malloc_arena_max: an int, or 'none'"
     )
     ap.add_argument(
         "--index-cache-mib",
@@ -57,18 +61,24 @@ def main() -> int:
     )
     args = ap.parse_args()
     cap = None if args.arena_cap.lower() == "none" else int(args.arena_cap)
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        print("MALLOC_ARENA_MAX is set in the environment: it decides, not --arena-cap")
+    mmap = None if args.mmap_threshold_kib.lower() == "none" else int(args.mmap_threshold_kib)
+    for env in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"):
+        if os.environ.get(env):
+            print(f"{env} is set in the environment: it decides, not the option")
     rng = random.Random(0)
     settings = pertinent.Settings(
-        show_progress=False, malloc_arena_max=cap, lancedb_index_cache_mib=args.index_cache_mib
+        show_progress=False,
+        malloc_mmap_threshold_kib=mmap,
+        malloc_arena_max=cap,
+        lancedb_index_cache_mib=args.index_cache_mib,
     )
     with tempfile.TemporaryDirectory(prefix="pertinent-soak-writes-") as tmp:
         px = pertinent.open(Path(tmp) / "store", settings=settings)
         report = px.ingest([f"passage {i} about topic {i % 17}" for i in range(200)])
         ids = [r.id for r in px.search("passage topic", top_k=50)]
         print(
-            f"arena cap: {cap}; index cache {args.index_cache_mib} MiB; "
+            f"mmap threshold: {mmap} KiB; arena cap: {cap}; "
+            f"index cache {args.index_cache_mib} MiB; "
             f"corpus {report.chunks} chunks"
         )
         print(f"{'commits':>8} {'seconds':>8} {'RSS MiB':>8}")

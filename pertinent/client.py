@@ -84,6 +84,10 @@ _NO_SESSION = SessionView(vector=None, gate=0.0, turns=0)
 _LOCK_STRIPES = 1024
 
 
+def _kib(kib: int | None) -> int | None:
+    return None if kib is None else kib << 10
+
+
 def _new_ids(n: int) -> list[str]:
     """n random 128-bit hex ids from one `os.urandom` call: uuid4() per event was 10%
     of a batched `record`."""
@@ -1294,6 +1298,7 @@ def open(
                 dim=emb.dim,
                 cache_bytes=s.lancedb_cache_mib << 20,
                 index_cache_bytes=s.lancedb_index_cache_mib << 20,
+                malloc_mmap_threshold=_kib(s.malloc_mmap_threshold_kib),
                 malloc_arena_max=s.malloc_arena_max,
             )
             store = ReplicatedStore(store, replica, str(replica_path))
@@ -1312,6 +1317,7 @@ def open(
             dim=emb.dim,
             cache_bytes=s.lancedb_cache_mib << 20,
             index_cache_bytes=s.lancedb_index_cache_mib << 20,
+            malloc_mmap_threshold=_kib(s.malloc_mmap_threshold_kib),
             malloc_arena_max=s.malloc_arena_max,
         )
     from pertinent.privacy.encryption import encrypt_store

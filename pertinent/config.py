@@ -156,13 +156,23 @@ class Settings(BaseSettings):
         "per chunk at 384 dimensions: 60 MiB at 100k chunks, 600 MiB at 1M) or every query "
         "reads the index from disk again",
     )
+    malloc_mmap_threshold_kib: int | None = Field(
+        1024,
+        ge=1,
+        le=32 * 1024,
+        description="embedded store: glibc serves allocations of this many KiB or more "
+        "with their own mmap, at a fixed threshold, set when the store opens. glibc's "
+        "self-adjusting threshold left LanceDB's freed write buffers fragmenting the heap, "
+        "and a process that writes steadily grew without limit (None = leave malloc "
+        "alone; MALLOC_MMAP_THRESHOLD_ in the environment always wins)",
+    )
     malloc_arena_max: int | None = Field(
-        2,
+        None,
         ge=1,
         description="embedded store: cap glibc malloc arenas at this many when the store "
-        "opens, or LanceDB's writer threads leave freed memory fragmented across arenas and "
-        "a process that writes steadily grows without limit (None = leave malloc alone; "
-        "MALLOC_ARENA_MAX in the environment always wins)",
+        "opens (None = glibc's default, 8 per core; MALLOC_ARENA_MAX in the environment "
+        "always wins). Halves write-path growth on its own; little on top of the fixed "
+        "mmap threshold",
     )
     degraded_fallback_path: Path | None = Field(
         None,

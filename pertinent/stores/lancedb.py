@@ -38,7 +38,7 @@ from pertinent.errors import (
     StoreNotWritable,
     StoreUnavailable,
 )
-from pertinent.stores.allocator import limit_malloc_arenas
+from pertinent.stores.allocator import fix_mmap_threshold, limit_malloc_arenas
 from pertinent.stores.base import (
     EventArrays,
     SearchFilter,
@@ -206,15 +206,19 @@ class LanceDBStore:
         cache_bytes: int | None = None,
         index_cache_bytes: int | None = None,
         vector_cache_entries: int = 10_000,
-        malloc_arena_max: int | None = 2,
+        malloc_mmap_threshold: int | None = 1 << 20,
+        malloc_arena_max: int | None = None,
     ) -> None:
         try:
             import lancedb
             import pyarrow as pa
         except ImportError as exc:
             raise MissingDependency("lancedb", "local") from exc
+        # Before LanceDB's threads start (pertinent/stores/allocator.py says why).
+        if malloc_mmap_threshold is not None:
+            fix_mmap_threshold(malloc_mmap_threshold)
         if malloc_arena_max is not None:
-            limit_malloc_arenas(malloc_arena_max)  # before LanceDB's threads start
+            limit_malloc_arenas(malloc_arena_max)
         self._pa = pa
         self.path = Path(path).expanduser()
         self._dim = dim

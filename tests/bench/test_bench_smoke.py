@@ -161,7 +161,7 @@ def _run_script(name: str, *args: str) -> str:
 
 def test_write_soak_reports_rss_per_sample() -> None:
     out = _run_script("soak_writes.py", "--commits", "30", "--samples", "3", "--arena-cap", "1")
-    assert "arena cap: 1" in out
+    assert "mmap threshold: 1024 KiB; arena cap: 1;" in out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["10"])]
     assert len(rows) == 2 and all(float(r[2]) > 0 for r in rows)
     assert "commits: 30 in" in out and "over the second half" in out

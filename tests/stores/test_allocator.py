@@ -1,4 +1,4 @@
-"""The malloc arena cap (pertinent/stores/allocator.py) takes effect, and only where it may.
+"""The malloc settings (pertinent/stores/allocator.py) take effect, and only where they may.
 
 The cap is process-wide, so each case runs in a fresh interpreter. glibc's malloc_info
 lists one <heap> per arena; threads that allocate at once each get a new arena until
@@ -102,3 +102,82 @@ def test_a_cap_below_one_is_refused() -> None:
 
     with pytest.raises(ValueError, match="at least 1"):
         limit_malloc_arenas(0)
+
+
+# ------------------------------------------------------------- the fixed mmap threshold
+
+_MMAPPED_AFTER_A_BIG_FREE = textwrap.dedent(
+    """
+    import ctypes
+    {setup}
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    libc.mallinfo2.restype = Mallinfo2
+    libc.free(libc.malloc(8 << 20))  # glibc's own rule: raise the threshold to 8 MiB
+    before = libc.mallinfo2().hblks  # blocks served by their own mmap
+    block = libc.malloc(4 << 20)
+    print(libc.mallinfo2().hblks - before)
+    libc.free(block)
+    """
+)
+
+
+def _mmapped(setup: str, env: dict[str, str] | None = None) -> int:
+    code = _MMAPPED_AFTER_A_BIG_FREE.format(setup=textwrap.dedent(setup))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    environ.update(env or {})
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environ, check=True
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def test_without_a_fixed_threshold_a_freed_block_moves_big_ones_into_the_heap() -> None:
+    # The control, and the cause of the growth: after an 8 MiB block is freed, glibc
+    # serves 4 MiB from the heap, where it fragments.
+    assert _mmapped("") == 0
+
+
+def test_a_fixed_threshold_keeps_big_blocks_in_their_own_mmap() -> None:
+    setup = """
+        from pertinent.stores.allocator import fix_mmap_threshold
+        assert fix_mmap_threshold(1 << 20)
+    """
+    assert _mmapped(setup) == 1
+
+
+def test_opening_the_embedded_store_fixes_the_threshold_by_default(tmp_path: object) -> None:
+    setup = f"""
+        from pertinent.stores.lancedb import LanceDBStore
+        LanceDBStore({str(tmp_path)!r}, model_id="m", dim=4).close()
+    """
+    assert _mmapped(setup) == 1
+    off = f"""
+        from pertinent.stores.lancedb import LanceDBStore
+        LanceDBStore({str(tmp_path)!r}, model_id="m", dim=4, malloc_mmap_threshold=None).close()
+    """
+    assert _mmapped(off) == 0
+
+
+def test_the_operators_threshold_wins() -> None:
+    setup = """
+        from pertinent.stores.allocator import fix_mmap_threshold
+        assert not fix_mmap_threshold(1 << 20)
+    """
+    # 16 MiB from the environment: the 4 MiB block stays in the heap.
+    assert _mmapped(setup, {"MALLOC_MMAP_THRESHOLD_": str(16 << 20)}) == 0
+
+
+@pytest.mark.parametrize("n_bytes", [0, -1, (32 << 20) + 1])
+def test_a_threshold_out_of_glibcs_range_is_refused(n_bytes: int) -> None:
+    from pertinent.stores.allocator import fix_mmap_threshold
+
+    with pytest.raises(ValueError, match="between 1 byte and 32 MiB"):
+        fix_mmap_threshold(n_bytes)
