@@ -167,6 +167,12 @@ def test_write_soak_reports_rss_per_sample() -> None:
     assert "commits: 30 in" in out and "over the second half" in out
 
 
+def test_lancedb_rss_probe_prints_its_samples() -> None:
+    out = _run_script("probe_lancedb_rss.py", "--commits", "20", "--every", "10")
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["10"], ["20"])]
+    assert len(rows) == 2 and float(rows[1][2]) >= float(rows[0][2]) > 0
+
+
 def test_retrieve_soak_releases_what_it_opened() -> None:
     out = _run_script(
         "soak_retrieve.py", "--retrieves", "40", "--samples", "4", "--users", "5", "--threads", "2"
