@@ -6,8 +6,9 @@ LanceDB's caches were bounded and reconnecting did not help: the memory was free
 not returned. glibc raises its mmap threshold each time a large mmapped block is freed
 (up to 32 MiB), so after Lance frees its first write buffers, later ones come from the
 heap instead, where they fragment it between long-lived small allocations. A fixed
-threshold turns that adjustment off: the same 8,000 commits grew 1 MiB per 1,000 after
-the first 1,000 instead of ~30, at the same commit speed with 1 or 8 MiB
+threshold turns that adjustment off: after the first 1,000 commits (caches filling),
+the same run grew ~1 MiB per 1,000 instead of 17 and rising, at the same commit speed
+with 1 or 8 MiB
 (docs/reliability.md, "Memory under writes"). Capping the arenas (one heap per thread
 by default, up to 8 per core) halves the growth on its own and is offered as well.
 
