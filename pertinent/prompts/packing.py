@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pertinent.errors import BudgetTooSmall, InvalidInput
-from pertinent.prompts.tokenizers import Tokenizer, tokenizer_for
+from pertinent.prompts.tokenizers import CachedTokenizer, Tokenizer, tokenizer_for
 from pertinent.types import Budget, Chunk, Citation, PackedContext, Result, Turn
 
 __all__ = ["HISTORY_HEADER", "MEMORY_HEADER", "SOURCES_HEADER", "format_passage", "pack"]
@@ -258,8 +258,10 @@ def pack(
 
     # Token counts are not additive (BPE can merge across a join), so the promise is kept
     # on the joined text itself: drop the least important piece until it fits.
+    # The assembled texts differ per call: counted without filling the count cache.
+    count_once = tok.count_once if isinstance(tok, CachedTokenizer) else tok.count
     text = asm.render()
-    token_count = tok.count(text)
+    token_count = count_once(text)
     while token_count > limit:
         if asm.passages:
             asm.passages.pop()
@@ -276,9 +278,9 @@ def pack(
                 f"of {limit}. Raise Budget.max_tokens or shorten the instructions."
             )
         text = asm.render()
-        token_count = tok.count(text)
+        token_count = count_once(text)
 
-    sections = {name: (tok.count(t) if t else 0) for name, t in asm.section_texts().items()}
+    sections = {name: (count_once(t) if t else 0) for name, t in asm.section_texts().items()}
     return PackedContext(
         text=text,
         token_count=token_count,

@@ -298,13 +298,22 @@ class CachedTokenizer:
     """Remembers counts of texts already seen: packing counts the same passages for every
     query that retrieves them, and a count of a long passage costs far more than a lookup.
 
-    Thread-safe; least recently used texts are forgotten beyond `maxsize`.
+    Thread-safe; least recently used texts are forgotten beyond `maxsize` texts or
+    `max_chars` characters in all. The keys are the texts themselves, so the character
+    bound is what bounds memory: with only a count bound, every retrieve left its whole
+    assembled prompt (≈ 8 KiB) as a key, and a serving process grew by ≈ 10 MiB per
+    1,000 retrieves for 65,536 of them (docs/reliability.md). Texts that will not be
+    counted again go through `count_once`.
     """
 
-    def __init__(self, inner: Tokenizer, maxsize: int = 65536) -> None:
+    def __init__(
+        self, inner: Tokenizer, maxsize: int = 65536, max_chars: int = 16 * 1024 * 1024
+    ) -> None:
         self.inner = inner
         self.maxsize = maxsize
+        self.max_chars = max_chars
         self._counts: OrderedDict[str, int] = OrderedDict()
+        self._chars = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -312,6 +321,11 @@ class CachedTokenizer:
     @property
     def name(self) -> str:
         return self.inner.name
+
+    @property
+    def cached_chars(self) -> int:
+        """Characters held as keys (what `max_chars` bounds)."""
+        return self._chars
 
     def count(self, text: str) -> int:
         with self._lock:
@@ -322,19 +336,29 @@ class CachedTokenizer:
                 return cached
             self.misses += 1
         n = self.inner.count(text)  # outside the lock: counting may take a while
-        if self.maxsize > 0:
+        if self.maxsize > 0 and len(text) <= self.max_chars:
             with self._lock:
+                if text not in self._counts:
+                    self._chars += len(text)
                 self._counts[text] = n
                 self._counts.move_to_end(text)
-                while len(self._counts) > self.maxsize:
-                    self._counts.popitem(last=False)
+                while len(self._counts) > self.maxsize or self._chars > self.max_chars:
+                    old, _ = self._counts.popitem(last=False)
+                    self._chars -= len(old)
         return n
+
+    def count_once(self, text: str) -> int:
+        """Count without caching: for texts assembled per call (a whole packed prompt),
+        which would only push reusable counts out."""
+        return self.inner.count(text)
 
     def truncate(self, text: str, max_tokens: int) -> str:
         return self.inner.truncate(text, max_tokens)
 
     def __repr__(self) -> str:
-        return f"CachedTokenizer({self.inner!r}, maxsize={self.maxsize})"
+        return (
+            f"CachedTokenizer({self.inner!r}, maxsize={self.maxsize}, max_chars={self.max_chars})"
+        )
 
 
 # Longest prefixes first where one family's name starts with another's ("gpt-4o" / "gpt-4").

@@ -433,3 +433,31 @@ def test_recount_drops_oldest_history_before_memory() -> None:
     assert "assistant: first answer" in packed.text
     assert "- Likes tea" in packed.text
     assert packed.skipped["history_over_budget"] == 1
+
+
+def test_assembled_prompts_do_not_fill_the_count_cache() -> None:
+    # A serving process packs a different prompt on every call; caching each one kept
+    # ≈ 8 KiB per retrieve for the first 65,536 (docs/reliability.md). Only the
+    # passages, which recur across queries, may be remembered.
+    tok = tokenizer_for("tiktoken:o200k_base")
+    pool = [make_result(f"p{i}", sentences(6, f"topic {i}"), rank=i + 1) for i in range(12)]
+    pack(pool[:4], Budget("tiktoken:o200k_base", 2000))  # every passage seen once
+    held = set()
+    for i in range(40):  # 40 distinct prompts from the same 12 passages
+        chosen = [pool[(i + k) % 12] for k in range(4)] + [pool[(i * 5) % 12]]
+        packed = pack(chosen, Budget("tiktoken:o200k_base", 2000), instructions=f"Call {i}.")
+        held.add(packed.text)
+    assert len(held) == 40
+    assert not any(text in tok._counts for text in held)  # type: ignore[attr-defined]
+
+
+def test_the_count_cache_is_bounded_in_characters() -> None:
+    from pertinent.prompts.tokenizers import CachedTokenizer, EstimateTokenizer
+
+    cached = CachedTokenizer(EstimateTokenizer("m"), maxsize=1000, max_chars=100)
+    for i in range(50):
+        assert cached.count(f"text number {i:03d} " * 2) > 0  # 32 characters each
+    assert cached.cached_chars <= 100
+    assert len(cached._counts) == 3  # type: ignore[attr-defined]
+    assert cached.count("x" * 500) > 0  # longer than the whole bound: counted, not kept
+    assert cached.cached_chars <= 100
