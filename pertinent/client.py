@@ -84,8 +84,21 @@ _NO_SESSION = SessionView(vector=None, gate=0.0, turns=0)
 _LOCK_STRIPES = 1024
 
 
-def _kib(kib: int | None) -> int | None:
-    return None if kib is None else kib << 10
+def _lancedb_store(path: Path, emb: Embedder, s: Settings) -> Store:
+    """The embedded store at `path`, with the settings' cache and malloc bounds (the
+    store itself, and the local replica of a Weaviate cluster)."""
+    from pertinent.stores.lancedb import LanceDBStore
+
+    kib = s.malloc_mmap_threshold_kib
+    return LanceDBStore(
+        path,
+        model_id=emb.model_id,
+        dim=emb.dim,
+        cache_bytes=s.lancedb_cache_mib << 20,
+        index_cache_bytes=s.lancedb_index_cache_mib << 20,
+        malloc_mmap_threshold=None if kib is None else kib << 10,
+        malloc_arena_max=s.malloc_arena_max,
+    )
 
 
 def _new_ids(n: int) -> list[str]:
@@ -1287,20 +1300,10 @@ def open(
                     "degraded_fallback_path answers from a local replica while the cluster is "
                     "down, which is degraded mode: set degraded_mode=True as well."
                 )
-            from pertinent.stores.lancedb import LanceDBStore
-
             replica_path = s.degraded_fallback_path
             if version is not None and version.id != "v1":  # one model's vectors per replica
                 replica_path = replica_path / "versions" / version.id
-            replica = LanceDBStore(
-                replica_path,
-                model_id=emb.model_id,
-                dim=emb.dim,
-                cache_bytes=s.lancedb_cache_mib << 20,
-                index_cache_bytes=s.lancedb_index_cache_mib << 20,
-                malloc_mmap_threshold=_kib(s.malloc_mmap_threshold_kib),
-                malloc_arena_max=s.malloc_arena_max,
-            )
+            replica = _lancedb_store(replica_path, emb, s)
             store = ReplicatedStore(store, replica, str(replica_path))
     else:
         if s.degraded_fallback_path is not None:
@@ -1308,18 +1311,8 @@ def open(
                 "degraded_fallback_path is a local replica of a Weaviate cluster; the embedded "
                 "backend needs none. Remove it or use backend='weaviate'."
             )
-        from pertinent.stores.lancedb import LanceDBStore
-
         root = version.path(s.path) if version is not None else s.path
-        store = LanceDBStore(
-            root,
-            model_id=emb.model_id,
-            dim=emb.dim,
-            cache_bytes=s.lancedb_cache_mib << 20,
-            index_cache_bytes=s.lancedb_index_cache_mib << 20,
-            malloc_mmap_threshold=_kib(s.malloc_mmap_threshold_kib),
-            malloc_arena_max=s.malloc_arena_max,
-        )
+        store = _lancedb_store(root, emb, s)
     from pertinent.privacy.encryption import encrypt_store
 
     store = encrypt_store(store, s, encryption_key)

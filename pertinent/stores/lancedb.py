@@ -235,32 +235,25 @@ class LanceDBStore:
             # write (docs/reliability.md, "Soak"); a bound keeps a long-lived process flat.
             # The index cache must still hold the vector index, or every query reads it
             # from disk again (13 -> 109 ms at 100k chunks with 64 MiB): its own bound.
-            index_bytes = index_cache_bytes or cache_bytes
-            session = (
-                lancedb.Session(
-                    index_cache_size_bytes=index_bytes, metadata_cache_size_bytes=cache_bytes
+            def connect(index_bytes: int | None) -> Any:
+                session = (
+                    lancedb.Session(
+                        index_cache_size_bytes=index_bytes, metadata_cache_size_bytes=cache_bytes
+                    )
+                    if cache_bytes
+                    else None
                 )
-                if cache_bytes
-                else None
-            )
-            self._db = lancedb.connect(
-                str(self.path), read_consistency_interval=read_consistency, session=session
-            )
+                return lancedb.connect(
+                    str(self.path), read_consistency_interval=read_consistency, session=session
+                )
+
+            self._db = connect(index_cache_bytes or cache_bytes)
             # The logs get their own connection, with both caches at the metadata bound.
             # Their only indexes are small user_id B-trees, but every compaction (every
             # _COMPACT_EVERY_APPENDS appends) writes new ones, and in a shared cache the
             # stale copies sit until the index bound (sized for the vector index) is
             # reached: +4 MiB per 1,000 commits at 1 GiB, flat at 16 MiB.
-            log_session = (
-                lancedb.Session(
-                    index_cache_size_bytes=cache_bytes, metadata_cache_size_bytes=cache_bytes
-                )
-                if cache_bytes
-                else None
-            )
-            self._log_db = lancedb.connect(
-                str(self.path), read_consistency_interval=read_consistency, session=log_session
-            )
+            self._log_db = connect(cache_bytes)
             existing = set(self._db.list_tables().tables)
         self._check_meta(existing)
         self._chunks = self._open_or_create("chunks", self._chunk_schema(), existing)
