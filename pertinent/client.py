@@ -842,6 +842,9 @@ class Pertinent:
                 where,
                 times,
                 self._executor,
+                # Worth waiting for when the profile is in memory: what is left to read
+                # (consent, session) is at most two small lookups.
+                profile_ready=lambda: state is None or state.done() or user_id in self._profiles,
             )
         except StoreUnavailable as exc:
             replica = self._replica()

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     candidates: int = Field(50, gt=0, description="hybrid candidates per query")
     user_candidates: int = Field(20, ge=0, description="extra candidates from the user-blended leg")
     rho: float = Field(0.5, ge=0, description="strength of the user vector in the blended leg")
+    user_leg: Literal["separate", "fused"] = Field(
+        "separate",
+        description="separate: a second vector search on the user-blended query; "
+        "fused: one hybrid search whose vector leg is the blended query (one round trip)",
+    )
     top_k: int = Field(10, gt=0)
 
     # Personalization

@@ -1,8 +1,9 @@
 """From a query vector to ranked, explained results.
 
-Stages: candidates (store hybrid search ∪ a vector leg on the user-blended query) →
-re-score (hybrid, user, session) → optional cross-encoder → MMR. Each stage's time is
-recorded in `StageTimes` so benchmarks and servers can report them per stage.
+Stages: candidates (store hybrid search ∪ a vector leg on the user-blended query, or one
+hybrid search whose vector leg is the blended query: `Settings.user_leg`) → re-score
+(hybrid, user, session) → optional cross-encoder → MMR. Each stage's time is recorded in
+`StageTimes` so benchmarks and servers can report them per stage.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pertinent.retrievers.rescoring import Candidate, blended_query, minmax, res
 from pertinent.stores.base import SearchFilter, Store
 from pertinent.types import Hit, Result, ScoreBreakdown, Vector
 
-__all__ = ["StageTimes", "gather_candidates", "rank"]
+__all__ = ["StageTimes", "fused_candidates", "gather_candidates", "rank"]
 
 
 @dataclass
@@ -48,8 +49,14 @@ def gather_candidates(
     where: SearchFilter,
     times: StageTimes | None = None,
     executor: Executor | None = None,
+    profile_ready: Callable[[], bool] | None = None,
 ) -> list[Candidate]:
     """The store's hybrid top-N, plus the user-blended vector leg's top-M.
+
+    With `settings.user_leg == "fused"` and the user's state loaded or cheap to finish
+    loading (`profile_ready()`), a warm user costs one store search instead of two: see
+    `fused_candidates`. A user whose profile is still being read from the store gets the
+    separate legs, so that read keeps overlapping the search.
 
     `profile` is called once the hybrid search is under way (in `executor`), so loading
     a user's state from the store overlaps the search instead of preceding it. The user
@@ -61,6 +68,22 @@ def gather_candidates(
     not return it), so it competes on the same scale.
     """
     t0 = time.perf_counter()
+    if settings.user_leg == "fused" and (profile_ready is None or profile_ready()):
+        view = profile()
+        if times is not None:
+            t0 = times.add("user_state", t0)
+        blended = blended_query(query, view, settings.rho)
+        if blended is not None and settings.user_candidates > 0:
+            hits = store.hybrid_search(
+                text,
+                blended,
+                k=settings.candidates + settings.user_candidates,
+                alpha=settings.alpha,
+                where=where,
+            )
+            if times is not None:
+                times.add("hybrid_search", t0)
+            return fused_candidates(hits, query, settings.alpha)
     hybrid_job: Future[list[Hit]] | None = None
     if executor is not None:
         hybrid_job = executor.submit(
@@ -116,6 +139,39 @@ def gather_candidates(
             found_by=("user",),
         )
     return list(out.values())
+
+
+def fused_candidates(hits: Sequence[Hit], query: Vector, alpha: float) -> list[Candidate]:
+    """Candidates from one hybrid search run with the user-blended vector.
+
+    The store scored its vector leg against the blended vector; every term a result
+    explains must be about the query, so the hybrid score is recomputed here:
+    `alpha·minmax(query cosine) + (1 − alpha)·minmax(bm25)` over the pool (a chunk the
+    keyword leg did not return has bm25 part 0). Unlike the store's fusion, a chunk
+    found by keywords alone keeps its query cosine instead of 0: its vector is in hand.
+    `found_by` is `hybrid` for keyword matches and `user` for the rest, which only the
+    blended vector found.
+    """
+    if not hits:
+        return []
+    matrix = np.stack([np.asarray(h.chunk.vector, dtype=np.float32) for h in hits])
+    cosines = (matrix @ np.asarray(query, dtype=np.float32)).astype(np.float64)
+    vector_part = minmax(cosines)
+    raw = np.array([h.bm25 if h.bm25 is not None else np.nan for h in hits])
+    matched = ~np.isnan(raw)
+    bm25_part = np.zeros(len(hits))
+    if matched.any():
+        bm25_part[matched] = minmax(raw[matched])
+    return [
+        Candidate(
+            chunk=h.chunk,
+            bm25=h.bm25 or 0.0,
+            vector=float(cosines[n]),
+            hybrid=float(alpha * vector_part[n] + (1.0 - alpha) * bm25_part[n]),
+            found_by=("hybrid",) if matched[n] else ("user",),
+        )
+        for n, h in enumerate(hits)
+    ]
 
 
 def rank(

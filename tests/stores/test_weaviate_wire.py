@@ -310,6 +310,47 @@ def test_calls_of_one_retrieve(fake: FakeWeaviate, embedder: CachedQueryEmbedder
     assert Counter(first) == {("grpc", "Search"): 4, ("grpc", "BatchObjects"): 2}
 
 
+def test_fused_user_leg_is_one_search_per_retrieve(
+    fake: FakeWeaviate, embedder: CachedQueryEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`user_leg="fused"`: a warm user's retrieve is one hybrid Search whose vector is the
+    user-blended query, and every score it explains is still about the query itself.
+
+    The consent cache is held for the test: a consent re-read still loading when the
+    search starts sends it down the two-search path, on purpose (test_client.py)."""
+    monkeypatch.setattr("pertinent.client._CONSENT_TTL_S", 3600.0)
+    settings = pertinent.Settings(user_leg="fused", weaviate_url=fake.url)
+    with pertinent.open(
+        settings=settings, url=fake.url, grpc_port=fake.grpc_port, embedder=embedder
+    ) as px:
+        px.ingest(CORPUS, show_progress=False)
+        px.record("ana", [pertinent.Event(kind="open", item_id="keys#0")] * 3)
+        px.retrieve("rotate API keys", user_id="ana", session_id="s1")
+        fake.calls.clear()
+        query = "how often do keys rotate?"
+        ctx = px.retrieve(query, user_id="ana", session_id="s1")
+        steady = Counter(
+            (c.kind, c.method)
+            for c in fake.calls
+            if not (c.method == "Search" and c.message.collection == "PertinentSettings")
+        )
+        q = embedder.embed_query(query)
+        k = settings.candidates + settings.user_candidates
+
+    assert steady == {("grpc", "Search"): 1, ("grpc", "BatchObjects"): 2}
+    search = fake.grpc_calls("Search")[-1]
+    assert search.HasField("hybrid_search") and search.limit == k
+    sent = np.frombuffer(search.hybrid_search.vector_bytes, dtype="<f4")
+    assert float(np.linalg.norm(sent)) == pytest.approx(1.0, abs=1e-5)
+    assert 0.5 < float(sent @ q) < 0.9999  # pulled toward the user, not the query itself
+    assert ctx.results and ctx.results[0].id == "keys#0"
+    for r in ctx.results:
+        assert r.chunk.vector is not None
+        assert r.explain.vector == pytest.approx(float(r.chunk.vector @ q), abs=1e-5)
+        assert 0.0 <= r.explain.hybrid <= 1.0
+        assert r.explain.user_gate > 0
+
+
 def test_settings_from_env_select_weaviate(
     fake: FakeWeaviate, embedder: CachedQueryEmbedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
