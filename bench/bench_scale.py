@@ -10,6 +10,7 @@ Systems, interleaved query by query in random order on the same store:
 - `bare-hybrid`: query embedding + the store's hybrid search, nothing else (the floor).
 - `retrieve-cold`: `retrieve` for a user with no history (a new user id every query).
 - `retrieve-warm`: `retrieve` for one of 100 users with 200 events each.
+- `retrieve-warm-fused`: the same with `user_leg="fused"` (one search instead of two).
 
 ANN recall@50 compares the store's vector search against exact search (NumPy, all
 vectors) on the same query vectors. Usage:
@@ -202,6 +203,17 @@ def run(
 
     counter = iter(range(10**9))
     rng = random.Random(seed)
+    fused = px.settings.model_copy(update={"user_leg": "fused"})
+
+    def warm_fused(q: str) -> None:
+        # One client, its settings swapped for the call: the same store, caches and
+        # profiles serve both warm systems (this loop is single-threaded).
+        default, px.settings = px.settings, fused
+        try:
+            px.retrieve(q, user_id=rng.choice(user_ids), budget=budget, remember=False)
+        finally:
+            px.settings = default
+
     systems: dict[str, Callable[[str], None]] = {
         "bare-hybrid": bare,
         "retrieve-cold": lambda q: px.retrieve(
@@ -210,6 +222,7 @@ def run(
         "retrieve-warm": lambda q: px.retrieve(
             q, user_id=rng.choice(user_ids), budget=budget, remember=False
         ),
+        "retrieve-warm-fused": warm_fused,
     }
     # Warm-up: torch, tiktoken, LanceDB caches, every warm user's profile folded once.
     for uid in user_ids:

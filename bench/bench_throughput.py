@@ -218,56 +218,73 @@ def bench_packing(tmp: Path, *, n_chunks: int = 2000, queries: int = 30) -> dict
 
 def bench_weaviate(tmp: Path, *, n_chunks: int = 200, queries: int = 10) -> dict[str, Any]:
     """Requests reaching the cluster per `retrieve`, by kind, at steady state (the
-    user's profile and consent already cached, as in a serving process)."""
+    user's profile and consent already cached, as in a serving process), with the
+    user-blended leg as its own search (`user_leg="separate"`) and folded into the
+    hybrid search (`"fused"`, labelled so)."""
     sys.path.insert(0, str(HERE.parent / "tests"))
     from fake_weaviate import FakeWeaviate
 
     out: dict[str, Any] = {}
     with FakeWeaviate() as fake:
-        px = pertinent.open(
-            url=fake.url,
-            grpc_port=fake.grpc_port,
-            settings=pertinent.Settings(show_progress=False),
-            embedder=shared_embedder(),
-        )
-        emb = query_embedder(px.embedder)
-        texts = corpus.chunk_texts(n_chunks)
-        vectors = corpus.load_vectors(
-            texts, emb, model_id=emb.model_id, dim=emb.dim, progress=False
-        )
-        px.store.upsert_chunks(chunk_objects(texts, vectors, emb.model_id))
-        px.record(
-            "warm",
-            [pertinent.Event(kind="open", item_id=f"c{i}", timestamp=NOW) for i in range(0, 40, 2)],
-        )
-        cases: dict[str, dict[str, Any]] = {
-            "anonymous": {},
-            "cold user": {"user_id": "cold"},
-            "warm user": {"user_id": "warm"},
-            "warm user + session": {"user_id": "warm", "session_id": "s1"},
-        }
-        qs = corpus.queries(queries * len(cases) * 2 + 4, seed=9)
-        for kw in cases.values():  # warm-up: consent, profile and session cached
-            px.retrieve(qs.pop(), remember=False, **kw)
-        for name, kw in cases.items():
-            for remember in (False, True):
-                counts: list[dict[str, int]] = []
-                for _ in range(queries):
-                    before = len(fake.calls)
-                    px.retrieve(qs.pop(), remember=remember, **kw)
-                    by: dict[str, int] = {}
-                    for c in fake.calls[before:]:
-                        key = f"{c.kind}:{c.method}"
-                        by[key] = by.get(key, 0) + 1
-                    counts.append(by)
-                keys = sorted({k for c in counts for k in c})
-                label = name + (" (remember)" if remember else "")
-                out[label] = {
-                    "per_retrieve": {k: statistics.mean(c.get(k, 0) for c in counts) for k in keys},
-                    "total": statistics.mean(sum(c.values()) for c in counts),
-                    "search_calls": statistics.mean(c.get("grpc:Search", 0) for c in counts),
-                }
-        px.close()
+        for user_leg in ("separate", "fused"):
+            px = pertinent.open(
+                url=fake.url,
+                grpc_port=fake.grpc_port,
+                settings=pertinent.Settings(show_progress=False, user_leg=user_leg),
+                embedder=shared_embedder(),
+            )
+            if user_leg == "separate":
+                emb = query_embedder(px.embedder)
+                texts = corpus.chunk_texts(n_chunks)
+                vectors = corpus.load_vectors(
+                    texts, emb, model_id=emb.model_id, dim=emb.dim, progress=False
+                )
+                px.store.upsert_chunks(chunk_objects(texts, vectors, emb.model_id))
+                px.record(
+                    "warm",
+                    [
+                        pertinent.Event(kind="open", item_id=f"c{i}", timestamp=NOW)
+                        for i in range(0, 40, 2)
+                    ],
+                )
+            out.update(_count_requests(px, fake, queries, user_leg))
+            px.close()
+    return out
+
+
+def _count_requests(
+    px: pertinent.Pertinent, fake: Any, queries: int, user_leg: str
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cases: dict[str, dict[str, Any]] = {
+        "anonymous": {},
+        "cold user": {"user_id": "cold"},
+        "warm user": {"user_id": "warm"},
+        "warm user + session": {"user_id": "warm", "session_id": "s1"},
+    }
+    if user_leg != "separate":  # the mode changes nothing for users without a profile
+        cases = {f"{k}, {user_leg}": v for k, v in cases.items() if "warm" in k}
+    qs = corpus.queries(queries * len(cases) * 2 + 4, seed=9)
+    for kw in cases.values():  # warm-up: consent, profile and session cached
+        px.retrieve(qs.pop(), remember=False, **kw)
+    for name, kw in cases.items():
+        for remember in (False, True):
+            counts: list[dict[str, int]] = []
+            for _ in range(queries):
+                before = len(fake.calls)
+                px.retrieve(qs.pop(), remember=remember, **kw)
+                by: dict[str, int] = {}
+                for c in fake.calls[before:]:
+                    key = f"{c.kind}:{c.method}"
+                    by[key] = by.get(key, 0) + 1
+                counts.append(by)
+            keys = sorted({k for c in counts for k in c})
+            label = name + (" (remember)" if remember else "")
+            out[label] = {
+                "per_retrieve": {k: statistics.mean(c.get(k, 0) for c in counts) for k in keys},
+                "total": statistics.mean(sum(c.values()) for c in counts),
+                "search_calls": statistics.mean(c.get("grpc:Search", 0) for c in counts),
+            }
     return out
 
 

@@ -71,17 +71,24 @@ def cranfield_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_scale_reports_every_stage_and_a_recall(scale: dict[str, Any]) -> None:
     assert scale["chunks"] == CHUNKS and scale["real_vectors"] == CHUNKS
-    assert set(scale["totals"]) == {"bare-hybrid", "retrieve-cold", "retrieve-warm"}
+    assert set(scale["totals"]) == {
+        "bare-hybrid",
+        "retrieve-cold",
+        "retrieve-warm",
+        "retrieve-warm-fused",
+    }
     assert all(t["n"] == 20 and 0 < t["median"] <= t["p95"] for t in scale["totals"].values())
     warm, cold = scale["stages"]["retrieve-warm"], scale["stages"]["retrieve-cold"]
     for stage in ("embed_query", "hybrid_search", "rescore", "mmr", "pack"):
         assert warm[stage]["n"] == 20 and cold[stage]["n"] == 20
     assert "user_leg" in warm and "user_leg" not in cold  # a cold user has no user leg
+    fused = scale["stages"]["retrieve-warm-fused"]
+    assert "user_leg" not in fused and fused["hybrid_search"]["n"] == 20  # one search
     assert 0.0 <= scale["recall"]["min"] <= scale["recall"]["recall"] <= 1.0
     assert scale["users"]["events"] == 4 * 15
     assert "markdown" not in scale
     table = bench_scale.markdown([bench_scale.ScaleResult(**scale)])
-    assert table.count("| 200 |") == 3 + 2 + 1  # totals, stage rows, index row
+    assert table.count("| 200 |") == 4 + 3 + 1  # totals, stage rows, index row
 
 
 SYSTEMS = {"pertinent-search", "pertinent-retrieve", "langchain-ensemble", "llamaindex-fusion"}
@@ -123,6 +130,10 @@ def test_throughput_parts_and_the_generated_doc(
     w = tp["weaviate"]
     assert set(w) >= {"anonymous", "warm user", "warm user (remember)"}
     assert all(v["search_calls"] >= 1 for v in w.values())  # every retrieve searches
+    # the fused user leg saves the warm user's second search (a consent re-read may add
+    # a Search to either mode)
+    assert w["warm user, fused"]["search_calls"] < w["warm user"]["search_calls"]
+    assert w["warm user"]["per_retrieve"]["grpc:Search"] >= 2
     mem = tp["memory"]
     assert mem["users"] == 20 and mem["rss_serving_mb"] >= mem["rss_start_mb"] > 0
 
