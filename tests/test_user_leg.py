@@ -117,7 +117,9 @@ def test_fused_and_separate_agree_on_a_small_corpus(
     )
 
 
-def test_fused_falls_back_while_the_profile_loads(tmp_path: Path, embedder: CachedQueryEmbedder) -> None:
+def test_fused_falls_back_while_the_profile_loads(
+    tmp_path: Path, embedder: CachedQueryEmbedder
+) -> None:
     """A user whose state is still loading gets the separate legs, so the load overlaps
     the search instead of delaying it."""
     with _open(tmp_path / "s", embedder, "fused") as px:
