@@ -161,6 +161,14 @@ class Settings(BaseSettings):
         "per chunk at 384 dimensions: 60 MiB at 100k chunks, 600 MiB at 1M) or every query "
         "reads the index from disk again",
     )
+    lancedb_keep_versions_s: float = Field(
+        60.0,
+        ge=0,
+        description="embedded store: each compaction deletes table versions older than "
+        "this. LanceDB's own default keeps them 7 days, and a busy event log then grew "
+        "to 40 times its rows on disk, its reads 15 times slower (at least twice the "
+        "store's read_consistency, so its readers never lose their version)",
+    )
     malloc_mmap_threshold_kib: int | None = Field(
         1024,
         ge=1,

@@ -1,0 +1,84 @@
+"""Compaction deletes old table versions: a log appended to all day must not keep one
+version and one set of files per append (972 MB for 24 MB of rows in the long soak)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pertinent import Settings
+from pertinent.stores import lancedb as lancedb_store
+from pertinent.stores.base import StoredEvent
+from pertinent.stores.lancedb import LanceDBStore
+
+DIM = 8
+
+
+def _event(i: int) -> StoredEvent:
+    v = np.zeros(DIM, dtype=np.float32)
+    v[i % DIM] = 1.0
+    return StoredEvent(
+        id=f"e{i}",
+        user_id=f"u{i % 3}",
+        kind="open",
+        weight=1.0,
+        timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=i),
+        item_id=None,
+        text=None,
+        session_id=None,
+        model_id="m",
+        vector=v,
+    )
+
+
+def _files(store: LanceDBStore, table: str, sub: str) -> int:
+    return sum(1 for _ in (store.path / f"{table}.lance" / sub).iterdir())
+
+
+def _append_one_by_one(store: LanceDBStore, n: int) -> None:
+    for i in range(n):
+        store.append_events([_event(i)])
+
+
+@pytest.mark.parametrize(
+    ("keep", "bounded"), [(timedelta(milliseconds=1), True), (timedelta(days=7), False)]
+)
+def test_compaction_deletes_versions_older_than_keep_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: timedelta, bounded: bool
+) -> None:
+    monkeypatch.setattr(lancedb_store, "_COMPACT_EVERY_APPENDS", 20)
+    store = LanceDBStore(tmp_path / "s", model_id="m", dim=DIM, keep_versions=keep)
+    _append_one_by_one(store, 100)
+    versions = _files(store, "events", "_versions")
+    data = _files(store, "events", "data")
+    # No event is lost by compaction or cleanup, whichever the retention.
+    events = [e for u in ("u0", "u1", "u2") for e in store.read_events(u)]
+    assert sorted(e.id for e in events) == sorted(f"e{i}" for i in range(100))
+    store.close()
+    if bounded:
+        # At most the appends since the last compaction, plus the compacted version.
+        assert versions <= 22, versions
+        assert data <= 22, data
+    else:
+        # LanceDB's 7-day default keeps every version, and every file it had.
+        assert versions > 100, versions
+        assert data > 100, data
+
+
+def test_readers_on_a_slower_consistency_keep_their_versions(tmp_path: Path) -> None:
+    store = LanceDBStore(
+        tmp_path / "s",
+        model_id="m",
+        dim=DIM,
+        keep_versions=timedelta(minutes=1),
+        read_consistency=timedelta(minutes=5),
+    )
+    assert store._keep_versions == timedelta(minutes=10)
+    store.close()
+
+
+def test_settings_default_keeps_versions_one_minute() -> None:
+    assert Settings().lancedb_keep_versions_s == 60.0
