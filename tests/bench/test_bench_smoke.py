@@ -193,3 +193,14 @@ def test_retrieve_soak_releases_what_it_opened() -> None:
     )
     assert "retrieves: 40 in" in out
     assert "released on close: OK" in out
+
+
+def test_log_versions_bench_prints_every_sample_for_each_retention() -> None:
+    args = ["--commits", "30", "--samples", "3", "--reads", "2", "--keep", "60,604800"]
+    out = _run_script("bench_log_versions.py", *args)
+    rows = [line.split() for line in out.splitlines() if line.startswith("keep")]
+    assert [(r[1], r[4]) for r in rows] == [
+        (k, c) for k in ("60", "604800") for c in ("10", "20", "30")
+    ]
+    # Below the compaction interval every append is still its own version and file.
+    assert all(int(r[6]) >= int(r[4]) and int(r[9]) >= int(r[4]) for r in rows)
