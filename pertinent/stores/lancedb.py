@@ -12,6 +12,7 @@ fusion as Weaviate's `relativeScoreFusion`, so that both backends rank alike.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -20,12 +21,12 @@ import random
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -100,6 +101,40 @@ def _in_list(values: Sequence[str]) -> str:
 def _is_contention(message: str) -> bool:
     text = message.lower()
     return "concurrent writer" in text or "commit conflict" in text or "retryable" in text
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _lost_version(exc: StoreError) -> bool:
+    """Whether a read failed because another process deleted the files of the version
+    it was on (compaction deletes versions older than keep_versions, see
+    _KEEP_VERSIONS): LanceDB reports the missing data file as "Not found"."""
+    msg = str(exc)
+    return isinstance(exc, StoreCorrupted) and "Not found" in msg and ".lance" in msg
+
+
+def _rereads_lost_versions(
+    method: Callable[Concatenate[LanceDBStore, _P], _R],
+) -> Callable[Concatenate[LanceDBStore, _P], _R]:
+    """Run a read again, once, on the latest version when its version was deleted under
+    it. A reader on a version that was latest when its query began is unprotected by
+    any retention: Lance ages versions from when they were written, not from when they
+    were superseded. The latest version is never deleted, so one retry is enough."""
+
+    @functools.wraps(method)
+    def read(self: LanceDBStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError as exc:
+            if not _lost_version(exc):
+                raise
+            _log.info("re-reading on the latest version: %s", exc)
+            self._checkout_latest()
+            return method(self, *args, **kwargs)
+
+    return read
 
 
 class _GroupCommit:
@@ -615,6 +650,7 @@ class LanceDBStore:
                 self._chunks.delete(where)
         return n
 
+    @_rereads_lost_versions
     def get_chunks(self, ids: Sequence[str], *, user_id: str | None = None) -> list[Chunk]:
         if not ids:
             return []
@@ -626,6 +662,7 @@ class LanceDBStore:
         by_id = {r["id"]: self._row_to_chunk(r) for r in rows}
         return [by_id[i] for i in ids if i in by_id]
 
+    @_rereads_lost_versions
     def get_vectors(self, ids: Sequence[str], *, user_id: str | None = None) -> dict[str, Vector]:
         # Only the id, owner and vector columns, read column-wise: `record` needs nothing
         # else, and building full chunks (to_pylist + JSON metadata) was most of its cost.
@@ -717,10 +754,12 @@ class LanceDBStore:
             -1, self._dim
         )
 
+    @_rereads_lost_versions
     def count_chunks(self) -> int:
         with self._errors("count"):
             return int(self._chunks.count_rows())
 
+    @_rereads_lost_versions
     def document_ids(self) -> list[str]:
         with self._errors("list documents"):
             col = self._chunks.search().select(["doc_id"]).limit(None).to_arrow()["doc_id"]
@@ -751,6 +790,7 @@ class LanceDBStore:
             )
         return arr
 
+    @_rereads_lost_versions
     def vector_search(self, vector: Vector, *, k: int, where: SearchFilter) -> list[Hit]:
         q = self._check_query_vector(vector)
         with self._errors("vector search"):
@@ -776,6 +816,7 @@ class LanceDBStore:
         hits.sort(key=lambda h: (-(h.vector_cosine or 0.0), h.id))
         return hits
 
+    @_rereads_lost_versions
     def keyword_search(self, text: str, *, k: int, where: SearchFilter) -> list[Hit]:
         if not self._has_fts or not text.strip():
             return []
@@ -789,6 +830,7 @@ class LanceDBStore:
             )
         return [Hit(chunk=self._row_to_chunk(r), bm25=float(r["_score"])) for r in rows]
 
+    @_rereads_lost_versions
     def hybrid_search(
         self, text: str, vector: Vector, *, k: int, alpha: float, where: SearchFilter
     ) -> list[Hit]:
@@ -864,6 +906,7 @@ class LanceDBStore:
         with self._errors("append events"):
             self._event_writer.submit(table)
 
+    @_rereads_lost_versions
     def read_events(self, user_id: str) -> list[StoredEvent]:
         # Column-wise: vectors as one matrix and scalars as whole columns; a row-wise
         # to_pylist with one np.asarray per row dominated a profile rebuild.
@@ -893,6 +936,7 @@ class LanceDBStore:
             for n in range(table.num_rows)
         ]
 
+    @_rereads_lost_versions
     def read_event_arrays(self, user_id: str) -> EventArrays:
         import pyarrow.compute as pc
 
@@ -988,11 +1032,17 @@ class LanceDBStore:
                 # and write its events twice.
                 _log.info("compaction of %s skipped: %s", name, exc)
 
+    def _checkout_latest(self) -> None:
+        with self._errors("checkout latest"):
+            for table in (self._chunks, self._events, self._turns, self._users):
+                table.checkout_latest()
+
     def _compact(self, table: Any) -> None:
         """Merge small files, fold new rows into the indexes, and delete the files of
         versions older than `keep_versions` (see _KEEP_VERSIONS for why)."""
         table.optimize(cleanup_older_than=self._keep_versions)
 
+    @_rereads_lost_versions
     def read_turns(self, user_id: str, session_id: str) -> list[StoredTurn]:
         return self._read_turns(
             f"user_id = {sql_literal(user_id)} AND session_id = {sql_literal(session_id)}"
@@ -1022,6 +1072,7 @@ class LanceDBStore:
     # What key rotation and re-embedding need (`RewritableStore`): every user-owned
     # row, and rewriting rows in place by id, one commit per call.
 
+    @_rereads_lost_versions
     def chunk_owners(self) -> list[str]:
         """Every user that owns at least one chunk (memories, owned documents)."""
         with self._errors("list chunk owners"):
@@ -1030,6 +1081,7 @@ class LanceDBStore:
             )
         return sorted(set(col["owner"].to_pylist()))
 
+    @_rereads_lost_versions
     def owned_chunks(self, user_id: str) -> list[Chunk]:
         """Every chunk `user_id` owns, with vectors, by id."""
         with self._errors("read owned chunks"):
@@ -1042,18 +1094,21 @@ class LanceDBStore:
             )
         return sorted((self._row_to_chunk(r) for r in rows), key=lambda c: c.id)
 
+    @_rereads_lost_versions
     def shared_chunks(self) -> list[Chunk]:
         """Every shared (unowned) chunk, with vectors, by id."""
         with self._errors("read shared chunks"):
             rows = self._chunks.search().where("owner = ''").limit(None).to_arrow().to_pylist()
         return sorted((self._row_to_chunk(r) for r in rows), key=lambda c: c.id)
 
+    @_rereads_lost_versions
     def user_settings_ids(self) -> list[str]:
         """Every user with stored settings (consent), whether or not they have data."""
         with self._errors("list user settings"):
             col = self._users.search().select(["user_id"]).limit(None).to_arrow()["user_id"]
         return sorted(set(col.to_pylist()))
 
+    @_rereads_lost_versions
     def read_user_turns(self, user_id: str) -> list[StoredTurn]:
         """Every turn of every session of `user_id`, oldest first."""
         return self._read_turns(f"user_id = {sql_literal(user_id)}")
@@ -1120,6 +1175,7 @@ class LanceDBStore:
                 table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
             self._unindexed = 0
 
+    @_rereads_lost_versions
     def known_users(self) -> list[str]:
         with self._errors("list users"):
             users = set(
@@ -1178,6 +1234,7 @@ class LanceDBStore:
                 table, f"ts < arrow_cast('{ts}', 'Timestamp(Microsecond, Some(\"UTC\"))')"
             )
 
+    @_rereads_lost_versions
     def get_user_settings(self, user_id: str) -> dict[str, Any] | None:
         with self._errors("read user settings"):
             rows = (

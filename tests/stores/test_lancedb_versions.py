@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pertinent import Settings
+from pertinent.errors import StoreCorrupted
 from pertinent.stores import lancedb as lancedb_store
 from pertinent.stores.base import StoredEvent
 from pertinent.stores.lancedb import LanceDBStore
@@ -82,3 +83,41 @@ def test_readers_on_a_slower_consistency_keep_their_versions(tmp_path: Path) -> 
 
 def test_settings_default_keeps_versions_one_minute() -> None:
     assert Settings().lancedb_keep_versions_s == 60.0
+
+
+@pytest.mark.parametrize("consistency", [None, timedelta(hours=1)])
+def test_a_reader_whose_version_was_deleted_reads_the_latest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, consistency: timedelta | None
+) -> None:
+    """Another process's reader stays on its version (`read_consistency` None or long);
+    this one's compactions delete that version's files. The read must not fail as a
+    corrupted store: it re-reads on the latest version."""
+    monkeypatch.setattr(lancedb_store, "_COMPACT_EVERY_APPENDS", 20)
+    writer = LanceDBStore(
+        tmp_path / "s", model_id="m", dim=DIM, keep_versions=timedelta(milliseconds=1)
+    )
+    for i in range(5):
+        writer.append_events([_event(i)])
+    reader = LanceDBStore(tmp_path / "s", model_id="m", dim=DIM, read_consistency=consistency)
+    assert len(reader.read_events("u0")) == 2  # e0, e3
+    for i in range(5, 45):  # two compactions, each deleting the reader's version
+        writer.append_events([_event(i)])
+    assert {e.id for e in reader.read_events("u0")} == {f"e{i}" for i in range(0, 45, 3)}
+    assert reader.read_event_arrays("u1").vectors.shape == (15, DIM)
+    writer.close()
+    reader.close()
+
+
+def test_other_failures_are_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LanceDBStore(tmp_path / "s", model_id="m", dim=DIM)
+    store.append_events([_event(0)])
+    store.close()
+    for f in (tmp_path / "s" / "events.lance" / "data").iterdir():
+        f.write_bytes(b"not a lance file")
+    broken = LanceDBStore(tmp_path / "s", model_id="m", dim=DIM)
+    checkouts: list[int] = []
+    monkeypatch.setattr(broken, "_checkout_latest", lambda: checkouts.append(1))
+    with pytest.raises(StoreCorrupted, match="restore them from a backup"):
+        broken.read_events("u0")
+    assert checkouts == []  # a damaged file is reported, not re-read
+    broken.close()
