@@ -165,9 +165,9 @@ class Settings(BaseSettings):
         60.0,
         ge=0,
         description="embedded store: each compaction deletes table versions older than "
-        "this. LanceDB's own default keeps them 7 days, and a busy event log then grew "
-        "to 40 times its rows on disk, its reads 15 times slower (at least twice the "
-        "store's read_consistency, so its readers never lose their version)",
+        "this (and than twice the store's read_consistency). LanceDB's own default keeps "
+        "them 7 days: a busy event log then grew to 40 times its rows on disk, and finding "
+        "its latest version, which every read does, took 9.7 ms instead of 0.4",
     )
     malloc_mmap_threshold_kib: int | None = Field(
         1024,
