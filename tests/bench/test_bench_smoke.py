@@ -204,3 +204,14 @@ def test_log_versions_bench_prints_every_sample_for_each_retention() -> None:
     ]
     # Below the compaction interval every append is still its own version and file.
     assert all(int(r[6]) >= int(r[4]) and int(r[9]) >= int(r[4]) for r in rows)
+
+
+def test_log_compaction_bench_reports_both_methods() -> None:
+    args = ["--rows", "300", "--batch", "50", "--every", "2"]
+    out = _run_script("bench_log_compaction.py", *args)
+    for method in ("lancedb-optimize", "pertinent"):
+        rows = [line.split() for line in out.splitlines() if line.split()[:2] == [method, "rows"]]
+        assert [int(r[2]) for r in rows] == [50, 100, 150, 200, 250, 300]
+        written = [float(r[4]) for r in rows]
+        assert written == sorted(written) and written[-1] > 0  # cumulative bytes
+        assert f"{method}  fragments" in out

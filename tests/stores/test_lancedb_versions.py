@@ -121,3 +121,22 @@ def test_other_failures_are_not_retried(tmp_path: Path, monkeypatch: pytest.Monk
         broken.read_events("u0")
     assert checkouts == []  # a damaged file is reported, not re-read
     broken.close()
+
+
+def test_log_compaction_rewrites_at_most_a_fragment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LanceDB's own compaction merged the whole log into one fragment every time (a
+    full rewrite per 200 appends); the logs' fragments stop at _LOG_FRAGMENT_ROWS."""
+    monkeypatch.setattr(lancedb_store, "_COMPACT_EVERY_APPENDS", 20)
+    monkeypatch.setattr(lancedb_store, "_LOG_FRAGMENT_ROWS", 50)
+    store = LanceDBStore(tmp_path / "s", model_id="m", dim=DIM)
+    for i in range(0, 400, 2):
+        store.append_events([_event(i), _event(i + 1)])
+    stats = store._events.stats()["fragment_stats"]
+    # No fragment past the bound (LanceDB's optimize left one of 400 rows), and the
+    # compactions left only a few small ones behind: 400 rows in 8 or 9 fragments.
+    assert stats["lengths"]["max"] == 50 and stats["num_fragments"] in (8, 9), stats
+    events = [e for u in ("u0", "u1", "u2") for e in store.read_events(u)]
+    assert sorted(e.id for e in events) == sorted(f"e{i}" for i in range(400))
+    store.close()
