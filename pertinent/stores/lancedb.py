@@ -81,6 +81,9 @@ _KEEP_VERSIONS = timedelta(minutes=1)
 # Log fragments stop growing here (≈ 25 MB of 384-d events): a compaction rewrites at
 # most this many rows, and a million events are ≈ 60 fragments.
 _LOG_FRAGMENT_ROWS = 16_384
+# Chunks are compacted at every BM25 refresh (_FTS_REFRESH_ROWS new rows); with the
+# whole table rewritten each time, ingesting n chunks wrote O(n²) bytes.
+_CHUNK_FRAGMENT_ROWS = 131_072
 # From this many ids a get_vectors miss is fetched by row id (_take_vectors) rather than
 # filtered with `id IN (...)`.
 _TAKE_MIN_MISSES = 32
@@ -1046,15 +1049,13 @@ class LanceDBStore:
     def _compact(self, table: Any) -> None:
         """Merge small files, fold new rows into the indexes, and delete the files of
         versions older than `keep_versions` (see _KEEP_VERSIONS for why)."""
-        if table is self._chunks:
-            table.optimize(cleanup_older_than=self._keep_versions)
-            return
-        # The logs go through pylance: LanceDB's `optimize` merges every fragment under a
-        # million rows, so each compaction rewrote the whole log (77 MB written to add 200
-        # rows to 50,000) and it takes no compaction options. Here fragments stop growing
-        # at _LOG_FRAGMENT_ROWS, and a compaction rewrites at most that many rows.
+        # Through pylance: LanceDB's `optimize` merges every fragment under a million rows,
+        # so each compaction rewrote the whole table (77 MB written to add 200 rows to a
+        # 50,000-row log) and it takes no compaction options. Here fragments stop growing
+        # at a bound, and a compaction rewrites at most that many rows.
+        rows = _CHUNK_FRAGMENT_ROWS if table is self._chunks else _LOG_FRAGMENT_ROWS
         dataset = table.to_lance()
-        dataset.optimize.compact_files(target_rows_per_fragment=_LOG_FRAGMENT_ROWS)
+        dataset.optimize.compact_files(target_rows_per_fragment=rows)
         dataset.optimize.optimize_indices()
         dataset.cleanup_old_versions(older_than=self._keep_versions)
         table.checkout_latest()
