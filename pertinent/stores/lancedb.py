@@ -1046,18 +1046,36 @@ class LanceDBStore:
             for table in (self._chunks, self._events, self._turns, self._users):
                 table.checkout_latest()
 
-    def _compact(self, table: Any) -> None:
+    def _compact(self, table: Any, *, scrub: bool = False) -> None:
         """Merge small files, fold new rows into the indexes, and delete the files of
-        versions older than `keep_versions` (see _KEEP_VERSIONS for why)."""
+        versions older than `keep_versions` (see _KEEP_VERSIONS for why).
+
+        With `scrub`, every fragment holding a deleted row is rewritten and every older
+        version is deleted, so deleted rows (a forgotten user, expired events, values
+        sealed with a retired key) leave the disk. Without it LanceDB rewrites a fragment
+        only once a tenth of its rows are deleted: a user with 1 event in 1,000 left
+        their text in the data file after `forget_user`.
+        """
         # Through pylance: LanceDB's `optimize` merges every fragment under a million rows,
         # so each compaction rewrote the whole table (77 MB written to add 200 rows to a
         # 50,000-row log) and it takes no compaction options. Here fragments stop growing
         # at a bound, and a compaction rewrites at most that many rows.
         rows = _CHUNK_FRAGMENT_ROWS if table is self._chunks else _LOG_FRAGMENT_ROWS
         dataset = table.to_lance()
-        dataset.optimize.compact_files(target_rows_per_fragment=rows)
+        dataset.optimize.compact_files(
+            target_rows_per_fragment=rows,
+            materialize_deletions=True,
+            materialize_deletions_threshold=0.0 if scrub else 0.1,
+        )
         dataset.optimize.optimize_indices()
-        dataset.cleanup_old_versions(older_than=self._keep_versions)
+        with warnings.catch_warnings():
+            # Readers of the deleted versions in other processes re-read on the latest
+            # one (_rereads_lost_versions).
+            warnings.simplefilter("ignore", UserWarning)
+            dataset.cleanup_old_versions(
+                older_than=timedelta(0) if scrub else self._keep_versions,
+                delete_unverified=scrub,
+            )
         table.checkout_latest()
 
     @_rereads_lost_versions
@@ -1178,19 +1196,16 @@ class LanceDBStore:
         data = self._pa.Table.from_pylist(rows, schema=schema)
         with self._lock, self._errors(what):
             table.merge_insert("id").when_matched_update_all().execute(data)
-            # The old row versions would otherwise stay readable by time travel.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+            # The old row versions would otherwise stay on disk and readable by time travel.
+            self._compact(table, scrub=True)
         return len(rows)
 
     def drop_old_versions(self) -> None:
         """Compact every table and delete older versions and unreferenced files, so rows
         that were rewritten (re-sealed, re-embedded) are gone from disk, not just hidden."""
-        with self._lock, self._errors("drop old versions"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
+        with self._lock, self._errors("drop old versions"):
             for table in (self._chunks, self._events, self._turns, self._users):
-                table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+                self._compact(table, scrub=True)
             self._unindexed = 0
 
     @_rereads_lost_versions
@@ -1235,10 +1250,7 @@ class LanceDBStore:
         n = int(table.count_rows(where))
         if n:
             table.delete(where)
-            with warnings.catch_warnings():
-                # LanceDB warns that readers of old versions will fail: intended.
-                warnings.simplefilter("ignore", UserWarning)
-                table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+            self._compact(table, scrub=True)
         return n
 
     def purge_before(self, log: str, cutoff: datetime) -> int:
