@@ -390,6 +390,14 @@ class LanceDBStore:
                 "damaged, restore them from a backup or rebuild the store by re-ingesting into "
                 "a new directory."
             ) from exc
+        except Exception as exc:
+            # pylance's CommitConflictError derives from Exception alone.
+            if type(exc).__name__ != "CommitConflictError":
+                raise
+            raise StoreUnavailable(
+                f"LanceDB store at {self.path} is busy ({what}): another process changed the "
+                f"table at the same time ({exc}). Nothing was lost; retry the call."
+            ) from exc
 
     def _check_meta(self, existing: set[str]) -> None:
         with self._errors("reading meta"):
@@ -1035,11 +1043,12 @@ class LanceDBStore:
         if n % _COMPACT_EVERY_APPENDS == 0:
             try:
                 self._compact(table)
-            except (OSError, RuntimeError, ValueError) as exc:
+            except Exception as exc:
                 # The rows are committed; a compaction that lost a race with another
-                # process only delays compaction. Failing the caller would make it retry
-                # and write its events twice.
-                _log.info("compaction of %s skipped: %s", name, exc)
+                # process (OSError, or pylance's CommitConflictError, a bare Exception)
+                # only delays compaction. Failing the caller would make it retry and
+                # write its events twice.
+                _log.warning("compaction of %s skipped: %r", name, exc)
 
     def _checkout_latest(self) -> None:
         with self._errors("checkout latest"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pertinent import Settings
-from pertinent.errors import StoreCorrupted
+from pertinent.errors import StoreCorrupted, StoreUnavailable
 from pertinent.stores import lancedb as lancedb_store
 from pertinent.stores.base import StoredEvent
 from pertinent.stores.lancedb import LanceDBStore
@@ -139,4 +139,38 @@ def test_log_compaction_rewrites_at_most_a_fragment(
     assert stats["lengths"]["max"] == 50 and stats["num_fragments"] in (8, 9), stats
     events = [e for u in ("u0", "u1", "u2") for e in store.read_events(u)]
     assert sorted(e.id for e in events) == sorted(f"e{i}" for i in range(400))
+    store.close()
+
+
+def _conflict(*_: object, **__: object) -> None:
+    from lance.commit import CommitConflictError
+
+    raise CommitConflictError("another process compacted first")
+
+
+def test_a_compaction_that_loses_a_race_does_not_fail_the_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lancedb_store, "_COMPACT_EVERY_APPENDS", 2)
+    store = LanceDBStore(tmp_path / "s", model_id="m", dim=DIM)
+    monkeypatch.setattr(store, "_compact", _conflict)
+    for i in range(6):  # three compactions, all failing
+        store.append_events([_event(i)])
+    assert sorted(e.id for u in ("u0", "u1", "u2") for e in store.read_events(u)) == [
+        f"e{i}" for i in range(6)
+    ]
+    store.close()
+
+
+def test_a_conflicting_scrub_is_a_typed_retryable_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LanceDBStore(tmp_path / "s", model_id="m", dim=DIM)
+    store.append_events([_event(i) for i in range(6)])
+    monkeypatch.setattr(store, "_compact", _conflict)
+    with pytest.raises(StoreUnavailable, match=r"busy .*retry the call"):
+        store.delete_user("u0")
+    monkeypatch.undo()
+    assert store.delete_user("u0")["events"] == 0  # the delete itself was committed
+    assert len(store.read_events("u1")) == 2
     store.close()
