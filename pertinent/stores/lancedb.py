@@ -1302,6 +1302,9 @@ class LanceDBStore:
                 .when_not_matched_insert_all()
                 .execute(row)
             )
+        # Each write is a version and a small file, like a log append: without
+        # compaction, every consent read scanned one file per write ever made.
+        self._after_append("users", self._users)
 
     def close(self) -> None:
         """Stop the search pool and the log writers (after they commit what is queued).

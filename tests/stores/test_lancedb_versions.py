@@ -174,3 +174,23 @@ def test_a_conflicting_scrub_is_a_typed_retryable_error(
     assert store.delete_user("u0")["events"] == 0  # the delete itself was committed
     assert len(store.read_events("u1")) == 2
     store.close()
+
+
+def test_user_settings_writes_are_compacted_like_log_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every consent change is a merge_insert: a version and a file. Never compacted,
+    each consent read scanned one file per write ever made."""
+    monkeypatch.setattr(lancedb_store, "_COMPACT_EVERY_APPENDS", 20)
+    store = LanceDBStore(
+        tmp_path / "s", model_id="m", dim=DIM, keep_versions=timedelta(milliseconds=1)
+    )
+    for i in range(100):
+        store.put_user_settings(f"u{i % 30}", {"memory": i % 2 == 0})
+    stats = store._users.stats()["fragment_stats"]
+    assert stats["num_fragments"] <= 2, stats
+    assert _files(store, "users", "_versions") <= 22
+    assert store.get_user_settings("u9") == {"memory": False}  # last write: i = 99
+    assert store.get_user_settings("u10") == {"memory": True}  # last write: i = 70
+    assert len(store.user_settings_ids()) == 30
+    store.close()
