@@ -278,7 +278,7 @@ class LanceDBStore:
         self._model_id = model_id
         self._lock = threading.RLock()
         self._unindexed = 0
-        self._appends: dict[str, int] = {}
+        self._versions_seen: dict[str, int] = {}  # see _after_append
         # A process that reads an old version fails if its files are deleted under it,
         # so versions are kept at least twice as long as readers may stay on one.
         self._keep_versions = max(keep_versions, 2 * (read_consistency or timedelta(0)))
@@ -318,7 +318,12 @@ class LanceDBStore:
         )
         self._turns = self._open_or_create("turns", self._turn_schema(), existing, db=self._log_db)
         self._users = self._open_or_create("users", self._user_schema(), existing)
-        self._has_fts = any(ix.index_type == "FTS" for ix in self._chunks.list_indices())
+        fts = [ix.name for ix in self._chunks.list_indices() if ix.index_type == "FTS"]
+        self._has_fts = bool(fts)
+        if fts:  # carry on the count of rows the BM25 index lacks, from earlier processes
+            with self._errors("open"):
+                stats = self._chunks.index_stats(fts[0])
+            self._unindexed = int(stats.num_unindexed_rows) if stats else 0
         indexed = {tuple(ix.columns): ix.index_type for ix in self._chunks.list_indices()}
         self._vector_index_type: str | None = indexed.get(("vector",))
         self._has_vector_index = self._vector_index_type is not None
@@ -1037,10 +1042,19 @@ class LanceDBStore:
         self._after_append(name, table)
 
     def _after_append(self, name: str, table: Any) -> None:
+        """Compact once every _COMPACT_EVERY_APPENDS table versions, whichever process
+        wrote them. Counted per process, as before, a store written by short-lived
+        processes (a CLI call per event, a worker restarted often) never reached the
+        count, and every append stayed a file and a version for good."""
+        try:
+            version = int(table.version)
+        except (OSError, RuntimeError, ValueError) as exc:  # the rows are committed
+            _log.warning("compaction check of %s skipped: %r", name, exc)
+            return
         with self._lock:
-            n = self._appends.get(name, 0) + 1
-            self._appends[name] = n
-        if n % _COMPACT_EVERY_APPENDS == 0:
+            last = self._versions_seen.get(name, version - 1)
+            self._versions_seen[name] = version
+        if version // _COMPACT_EVERY_APPENDS > last // _COMPACT_EVERY_APPENDS:
             try:
                 self._compact(table)
             except Exception as exc:
