@@ -68,7 +68,8 @@ _VECTOR_REFINE = 2
 _VECTOR_REBUILD_GROWTH = 2
 _VECTOR_NPROBES = 40
 # Every small append is a new data file and a new table version; reads slow down with
-# thousands of them, so the logs are compacted after this many appends.
+# thousands of them, so the logs (and the user settings) are compacted once every this
+# many table versions, whichever process wrote them (_after_append).
 _COMPACT_EVERY_APPENDS = 200
 # Compaction writes new files but leaves the old versions (and their files) on disk for
 # LanceDB's default of 7 days. A log appended to all day then kept every version: after
