@@ -4,8 +4,9 @@ compaction rewrites the whole log), against pertinent's compaction of the logs, 
 fragments stop at `_LOG_FRAGMENT_ROWS` (pertinent/stores/lancedb.py, `_compact`).
 
 Drives `LanceDBStore` directly with random 384-d vectors, `--batch` events per append,
-a compaction every `--every` appends (the store's own interval is 200 single-event
-appends; a smaller one reaches a large log sooner with the same pattern). Bytes written
+a compaction each time the log's version crosses a multiple of `--every` (about every
+`--every` appends; the store's own interval is 200 versions, of single-event appends
+in a typical agent; a smaller one reaches a large log sooner with the same pattern). Bytes written
 are the process's own (`wchar` in /proc/self/io: bytes passed to write calls, whatever
 the file system), so they count everything the store wrote: the appends, the
 compactions and the index updates.

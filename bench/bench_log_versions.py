@@ -3,7 +3,7 @@ time of a log appended to one commit at a time, with pertinent's version retenti
 (`Settings.lancedb_keep_versions_s`, 60 s) against LanceDB's own (7 days), in one run.
 
 Every append is a LanceDB commit and a table version; the store compacts the log every
-200 appends (pertinent/stores/lancedb.py, _COMPACT_EVERY_APPENDS). Compaction writes new
+200 versions (pertinent/stores/lancedb.py, _COMPACT_EVERY_APPENDS). Compaction writes new
 files, and the old versions keep the old ones until they are older than the retention.
 Drives `LanceDBStore` directly with random vectors: no embedding model, so the figures
 are the store's alone.
