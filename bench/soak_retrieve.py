@@ -13,7 +13,8 @@ them after the first round).
 Usage: python bench/soak_retrieve.py [--retrieves 100000] [--users 1000] [--cache 200]
        [--samples 20] [--queries 2000] [--remember-every 10] [--record-every 20]
        [--threads 1]
-Prints one line per sample (retrieves, seconds, RSS MiB, fds, threads) and the summary
+Prints one line per sample (retrieves, seconds, RSS MiB, fds, threads, and the bytes
+LanceDB's bounded caches hold, which RSS includes until they are full) and the summary
 (RSS at start/middle/end, growth over the second half). Exits 1 if descriptors or
 threads are not released on close.
 """
@@ -143,7 +144,11 @@ def main() -> int:
     samples: list[tuple[int, float, float, int, int]] = []
     counter = itertools.count(1)  # next() on it is atomic under the GIL
     t0 = time.perf_counter()
-    print(f"{'retrieves':>9} {'seconds':>8} {'RSS MiB':>8} {'fds':>5} {'threads':>7}")
+    print(
+        f"{'retrieves':>9} {'seconds':>8} {'RSS MiB':>8} {'fds':>5} {'threads':>7} "
+        f"{'LanceDB cache MiB':>17}"
+    )
+    cache_bytes = getattr(px.store, "cache_bytes", lambda: None)
 
     def work(seed: int) -> None:
         r = random.Random(seed)
@@ -160,7 +165,12 @@ def main() -> int:
             if i % every == 0 or i == 1:
                 s = (i, time.perf_counter() - t0, rss_mib(), fds(), threading.active_count())
                 samples.append(s)
-                print(f"{s[0]:>9} {s[1]:>8.0f} {s[2]:>8.0f} {s[3]:>5} {s[4]:>7}", flush=True)
+                held = cache_bytes()
+                cache = "-" if held is None else f"{held / 2**20:.1f}"
+                print(
+                    f"{s[0]:>9} {s[1]:>8.0f} {s[2]:>8.0f} {s[3]:>5} {s[4]:>7} {cache:>17}",
+                    flush=True,
+                )
 
     # Worker threads share one client, as a server's request threads do.
     with ThreadPoolExecutor(args.threads, thread_name_prefix="soak") as pool:

@@ -280,6 +280,7 @@ class LanceDBStore:
         self._lock = threading.RLock()
         self._unindexed = 0
         self._versions_seen: dict[str, int] = {}  # see _after_append
+        self._sessions: list[Any] = []  # LanceDB cache sessions, see cache_bytes
         # A process that reads an old version fails if its files are deleted under it,
         # so versions are kept at least twice as long as readers may stay on one.
         self._keep_versions = max(keep_versions, 2 * (read_consistency or timedelta(0)))
@@ -300,6 +301,8 @@ class LanceDBStore:
                     if cache_bytes
                     else None
                 )
+                if session is not None:
+                    self._sessions.append(session)
                 return lancedb.connect(
                     str(self.path), read_consistency_interval=read_consistency, session=session
                 )
@@ -645,6 +648,14 @@ class LanceDBStore:
         self._chunks.create_index("public", config=Bitmap(), replace=True)
         self._chunks.create_index("acl", config=LabelList(), replace=True)
         self._has_filter_indexes = True
+
+    def cache_bytes(self) -> int | None:
+        """Bytes held now in LanceDB's index and metadata caches of this store (None with
+        LanceDB's own unbounded defaults, `cache_bytes=None`). A long-lived process's
+        resident memory includes them until they reach their bounds."""
+        if not self._sessions:
+            return None
+        return sum(int(session.size_bytes) for session in self._sessions)
 
     def optimize(self) -> None:
         """Fold new rows into the indexes and compact small files (safe to call any time).

@@ -193,6 +193,10 @@ def test_retrieve_soak_releases_what_it_opened() -> None:
     )
     assert "retrieves: 40 in" in out
     assert "released on close: OK" in out
+    assert "LanceDB cache MiB" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["10"])]
+    # the store is bounded by default (lancedb_cache_mib), so its caches are measured
+    assert len(rows) == 2 and all(len(r) == 6 and float(r[5]) < 1024 for r in rows)
 
 
 def test_log_versions_bench_prints_every_sample_for_each_retention() -> None:

@@ -103,3 +103,40 @@ def test_weaviate_clients_are_closed_with_pertinent(
         cycle()
     # each open makes a REST connection pool and a gRPC channel (sockets): all closed
     assert open_fds() - fds <= 3
+
+
+def test_lancedb_cache_bytes_are_reported_and_within_their_bounds(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    import numpy as np
+
+    from pertinent.stores.base import StoredEvent
+    from pertinent.stores.lancedb import LanceDBStore
+
+    def event(i: int) -> StoredEvent:
+        return StoredEvent(
+            id=f"e{i}",
+            user_id=f"u{i % 3}",
+            kind="open",
+            weight=1.0,
+            timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc),
+            item_id=None,
+            text=None,
+            session_id=None,
+            model_id="m",
+            vector=np.eye(8, dtype=np.float32)[i % 8],
+        )
+
+    bounded = LanceDBStore(tmp_path / "a", model_id="m", dim=8, cache_bytes=1 << 20)
+    before = bounded.cache_bytes()
+    for i in range(50):
+        bounded.append_events([event(i)])
+        bounded.read_events(f"u{i % 3}")
+    held = bounded.cache_bytes()
+    assert before is not None and held is not None
+    assert held > before  # the reads filled the caches ...
+    assert held <= 4 << 20  # ... within 2 connections x (index + metadata) x 1 MiB
+    bounded.close()
+    unbounded = LanceDBStore(tmp_path / "b", model_id="m", dim=8, cache_bytes=None)
+    assert unbounded.cache_bytes() is None  # LanceDB's own defaults: not measured
+    unbounded.close()
