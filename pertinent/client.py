@@ -216,7 +216,8 @@ class Pertinent:
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False)
+        # Waits for reads in flight, so no thread of this client outlives `close`.
+        self._executor.shutdown(wait=True)
         self.store.close()
         for version in self._other_versions.values():  # kept open for rollback
             version.store.close()

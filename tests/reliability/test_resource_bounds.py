@@ -140,3 +140,20 @@ def test_lancedb_cache_bytes_are_reported_and_within_their_bounds(tmp_path: Path
     unbounded = LanceDBStore(tmp_path / "b", model_id="m", dim=8, cache_bytes=None)
     assert unbounded.cache_bytes() is None  # LanceDB's own defaults: not measured
     unbounded.close()
+
+
+def test_close_waits_for_every_thread_it_started(
+    tmp_path: Path, embedder: pertinent.CachedQueryEmbedder
+) -> None:
+    """Closing joins the log writers and both executors: none of pertinent's threads
+    outlives `close` (with shutdown(wait=False) they lingered on a loaded machine, and a
+    process opening and closing stores counted them)."""
+    before = set(threading.enumerate())
+    with pertinent.open(tmp_path / "store", embedder=embedder) as px:
+        px.ingest(CORPUS, show_progress=False)
+        px.retrieve("rotate api keys", user_id="u1", session_id="s")
+        px.record("u1", Event(kind="query", text="refunds"))
+        started = [t.name for t in set(threading.enumerate()) - before]
+    assert any(name.startswith("pertinent") for name in started), started
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert [name for name in left if name.startswith("pertinent")] == []
