@@ -13,8 +13,9 @@ them after the first round).
 Usage: python bench/soak_retrieve.py [--retrieves 100000] [--users 1000] [--cache 200]
        [--samples 20] [--queries 2000] [--remember-every 10] [--record-every 20]
        [--threads 1]
-Prints one line per sample (retrieves, seconds, RSS MiB, fds, threads, and the bytes
-LanceDB's bounded caches hold, which RSS includes until they are full) and the summary
+Prints one line per sample (retrieves, seconds, RSS MiB, fds, threads, the bytes
+LanceDB's bounded caches hold, which RSS includes until they are full, glibc malloc's
+bytes in use and free-but-kept, and Python's allocated blocks) and the summary
 (RSS at start/middle/end, growth over the second half). Exits 1 if descriptors or
 threads are not released on close.
 """
@@ -22,6 +23,7 @@ threads are not released on close.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import itertools
 import os
 import random
@@ -89,6 +91,39 @@ def fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+class _MallInfo2(ctypes.Structure):
+    # glibc's struct mallinfo2 (malloc.h, glibc >= 2.33), every field a size_t
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def malloc_mib() -> tuple[float, float]:
+    """glibc malloc's bytes in use (heap and mmapped) and bytes free but kept in its
+    heaps, over every arena; NaN where glibc's mallinfo2 is missing. Rust's allocations
+    (LanceDB, pylance, tokenizers) go through it too, so this splits a rise in RSS into
+    memory held by live objects and memory freed but not given back."""
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return float("nan"), float("nan")
+    fn.restype = _MallInfo2
+    m = fn()
+    return (m.uordblks + m.hblkhd) / 2**20, m.fordblks / 2**20
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--retrieves", type=int, default=100_000)
@@ -148,7 +183,8 @@ def main() -> int:
     t0 = time.perf_counter()
     print(
         f"{'retrieves':>9} {'seconds':>8} {'RSS MiB':>8} {'fds':>5} {'threads':>7} "
-        f"{'LanceDB cache MiB':>17}"
+        f"{'LanceDB cache MiB':>17} {'malloc used MiB':>15} {'malloc free MiB':>15} "
+        f"{'Python blocks k':>15}"
     )
     cache_bytes = getattr(px.store, "cache_bytes", lambda: None)
 
@@ -169,8 +205,11 @@ def main() -> int:
                 samples.append(s)
                 held = cache_bytes()
                 cache = "-" if held is None else f"{held / 2**20:.1f}"
+                used, free = malloc_mib()
+                blocks = sys.getallocatedblocks() / 1000
                 print(
-                    f"{s[0]:>9} {s[1]:>8.0f} {s[2]:>8.0f} {s[3]:>5} {s[4]:>7} {cache:>17}",
+                    f"{s[0]:>9} {s[1]:>8.0f} {s[2]:>8.0f} {s[3]:>5} {s[4]:>7} {cache:>17} "
+                    f"{used:>15.0f} {free:>15.0f} {blocks:>15.0f}",
                     flush=True,
                 )
 
