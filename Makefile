@@ -29,6 +29,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check pertinent tests bench examples
+	$(BIN)/ruff format --check pertinent tests bench examples
 	$(BIN)/mypy pertinent
 
 test: $(STAMP) lint

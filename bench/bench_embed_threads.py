@@ -42,8 +42,10 @@ def main() -> int:
             rates[threads].append(len(texts) / (time.perf_counter() - t))
     print(f"command: python {' '.join(sys.argv)}; {cores} cores, torch {torch.__version__}")
     for threads, xs in rates.items():
-        print(f"{threads} thread(s): median {statistics.median(xs):.1f} passages/s "
-              f"(runs: {', '.join(f'{x:.1f}' for x in xs)})")
+        print(
+            f"{threads} thread(s): median {statistics.median(xs):.1f} passages/s "
+            f"(runs: {', '.join(f'{x:.1f}' for x in xs)})"
+        )
     return 0
 
 

@@ -74,8 +74,11 @@ def main() -> int:
         default=1,
         help="torch threads for query embedding (pertinent's default is 1)",
     )
-    ap.add_argument("--busy", action="store_true",
-                    help="keep one core busy with another process (a server beside other work)")
+    ap.add_argument(
+        "--busy",
+        action="store_true",
+        help="keep one core busy with another process (a server beside other work)",
+    )
     args = ap.parse_args()
     burner = None
     if args.busy:

@@ -404,18 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     rot = enc_sub.add_parser("rotate", help="re-seal every user-owned record with a new key")
     data_arg(rot)
     backend_args(rot)
-    rot.add_argument(
-        "--key-file", help="the current key file (env PERTINENT_ENCRYPTION_KEY_FILE)"
-    )
+    rot.add_argument("--key-file", help="the current key file (env PERTINENT_ENCRYPTION_KEY_FILE)")
     rot.add_argument("--new-key-file", required=True, help="file holding the new key")
     rot.set_defaults(func=cmd_encryption_rotate)
 
     re_ = sub.add_parser("reembed", help="build a new embedding version and switch to it")
     data_arg(re_)
     backend_args(re_)
-    re_.add_argument(
-        "--model", required=True, help="sentence-transformers model directory or name"
-    )
+    re_.add_argument("--model", required=True, help="sentence-transformers model directory or name")
     re_.set_defaults(func=cmd_reembed)
 
     rb = sub.add_parser("rollback", help="switch back to the previous embedding version")

@@ -28,11 +28,7 @@ def test_llama_index_block_remembers_and_recalls(px: pertinent.Pertinent) -> Non
     found = memory.search("what is my cat's name?", user_id="ivy")
     assert any("Pixel" in r.text for r in found)
     text = asyncio.run(
-        block._aget(
-            [
-                ChatMessage(role=MessageRole.USER, content="What does my cat like to eat?")
-            ]
-        )
+        block._aget([ChatMessage(role=MessageRole.USER, content="What does my cat like to eat?")])
     )
     assert "tuna" in text
     assert memory.search("cat", user_id="someone-else") == []
