@@ -12,7 +12,7 @@ them after the first round).
 
 Usage: python bench/soak_retrieve.py [--retrieves 100000] [--users 1000] [--cache 200]
        [--samples 20] [--queries 2000] [--remember-every 10] [--record-every 20]
-       [--threads 1]
+       [--threads 1] [--lancedb-cache-mib 64] [--lancedb-log-cache-mib 16]
 Prints one line per sample (retrieves, seconds, RSS MiB, fds, threads, the bytes
 LanceDB's bounded caches hold, which RSS includes until they are full, glibc malloc's
 bytes in use and free-but-kept, and Python's allocated blocks) and the summary
@@ -142,6 +142,13 @@ def main() -> int:
         help="Settings.lancedb_cache_mib: LanceDB's index and metadata caches, MiB each; "
         "0: LanceDB's own defaults (gigabytes)",
     )
+    ap.add_argument(
+        "--lancedb-log-cache-mib",
+        type=int,
+        default=pertinent.Settings().lancedb_log_cache_mib,
+        help="Settings.lancedb_log_cache_mib: the event and turn logs' LanceDB caches, MiB "
+        "each; 0: LanceDB's own defaults",
+    )
     args = ap.parse_args()
     rng = random.Random(args.seed)
     queries = [
@@ -154,6 +161,7 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory(prefix="pertinent-soak-")
     settings = pertinent.Settings(
         lancedb_cache_mib=args.lancedb_cache_mib,
+        lancedb_log_cache_mib=args.lancedb_log_cache_mib,
         profile_cache_size=args.cache,
         session_cache_size=args.cache,
         show_progress=False,

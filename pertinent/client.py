@@ -96,6 +96,7 @@ def _lancedb_store(path: Path, emb: Embedder, s: Settings) -> Store:
         dim=emb.dim,
         cache_bytes=s.lancedb_cache_mib << 20,
         index_cache_bytes=s.lancedb_index_cache_mib << 20,
+        log_cache_bytes=s.lancedb_log_cache_mib << 20,
         malloc_mmap_threshold=None if kib is None else kib << 10,
         malloc_arena_max=s.malloc_arena_max,
         keep_versions=timedelta(seconds=s.lancedb_keep_versions_s),

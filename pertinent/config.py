@@ -152,7 +152,18 @@ class Settings(BaseSettings):
     )
     session_cache_size: int = Field(10_000, gt=0, description="session states kept in memory, LRU")
     lancedb_cache_mib: int = Field(
-        64, ge=0, description="LanceDB metadata cache, MiB (0 = LanceDB's defaults for both caches)"
+        64,
+        ge=0,
+        description="LanceDB metadata cache of the chunks and user settings, MiB "
+        "(0 = LanceDB's defaults for both of their caches)",
+    )
+    lancedb_log_cache_mib: int = Field(
+        16,
+        ge=0,
+        description="LanceDB index and metadata caches of the event and turn logs, MiB "
+        "each (0 = LanceDB's defaults); they hold little more than the latest version's "
+        "metadata and the user_id indexes, but every append adds a manifest until the "
+        "bound evicts it",
     )
     lancedb_index_cache_mib: int = Field(
         1024,

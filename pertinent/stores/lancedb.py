@@ -250,6 +250,11 @@ class LanceDBStore:
     never conflict); `read_consistency` makes each read see the latest commit of other
     processes (0 s = always, at the cost of a version check per query). Compactions
     delete versions older than `keep_versions` (at least twice `read_consistency`).
+
+    LanceDB's caches are bounded per connection: `cache_bytes` (metadata) and
+    `index_cache_bytes` for the chunks and user settings, `log_cache_bytes` (both caches;
+    `cache_bytes` when None) for the event and turn logs. None or 0 leaves LanceDB's own
+    defaults, which grow to gigabytes in a long-lived process.
     """
 
     def __init__(
@@ -261,6 +266,7 @@ class LanceDBStore:
         read_consistency: timedelta | None = timedelta(0),
         cache_bytes: int | None = None,
         index_cache_bytes: int | None = None,
+        log_cache_bytes: int | None = None,
         vector_cache_entries: int = 10_000,
         malloc_mmap_threshold: int | None = 1 << 20,
         malloc_arena_max: int | None = None,
@@ -298,12 +304,13 @@ class LanceDBStore:
             # write (docs/reliability.md, "Soak"); a bound keeps a long-lived process flat.
             # The index cache must still hold the vector index, or every query reads it
             # from disk again (13 -> 109 ms at 100k chunks with 64 MiB): its own bound.
-            def connect(index_bytes: int | None) -> Any:
+            def connect(index_bytes: int | None, metadata_bytes: int | None) -> Any:
                 session = (
                     lancedb.Session(
-                        index_cache_size_bytes=index_bytes, metadata_cache_size_bytes=cache_bytes
+                        index_cache_size_bytes=index_bytes,
+                        metadata_cache_size_bytes=metadata_bytes,
                     )
-                    if cache_bytes
+                    if metadata_bytes
                     else None
                 )
                 if session is not None:
@@ -312,13 +319,18 @@ class LanceDBStore:
                     str(self.path), read_consistency_interval=read_consistency, session=session
                 )
 
-            self._db = connect(index_cache_bytes or cache_bytes)
-            # The logs get their own connection, with both caches at the metadata bound.
+            self._db = connect(index_cache_bytes or cache_bytes, cache_bytes)
+            # The logs get their own connection and bound (`log_cache_bytes`, both caches).
             # Their only indexes are small user_id B-trees, but every compaction (every
             # _COMPACT_EVERY_APPENDS appends) writes new ones, and in a shared cache the
             # stale copies sit until the index bound (sized for the vector index) is
-            # reached: +4 MiB per 1,000 commits at 1 GiB, flat at 16 MiB.
-            self._log_db = connect(cache_bytes)
+            # reached: +4 MiB per 1,000 commits at 1 GiB, flat at 16 MiB. The metadata
+            # cache also keeps the manifest of every version an append wrote, deleted or
+            # not, until its bound evicts it: about 1 MiB of RSS per 1,000 retrieves of
+            # the soak until a 64 MiB bound filled (docs/reliability.md, "Long soak, sixth
+            # attempt"). Reads need only the latest version's, so a small bound suffices.
+            log_bytes = cache_bytes if log_cache_bytes is None else log_cache_bytes
+            self._log_db = connect(log_bytes, log_bytes)
             existing = set(self._db.list_tables().tables)
         self._check_meta(existing)
         self._chunks = self._open_or_create("chunks", self._chunk_schema(), existing)

@@ -142,6 +142,54 @@ def test_lancedb_cache_bytes_are_reported_and_within_their_bounds(tmp_path: Path
     unbounded.close()
 
 
+def test_the_logs_have_their_own_cache_bound(tmp_path: Path) -> None:
+    """Every append to a log caches a new version's metadata (≈ 80 KiB each here) until
+    the bound evicts it; the logs' bound keeps that from growing with the log while the
+    chunks keep a large one."""
+    from datetime import datetime, timezone
+
+    import numpy as np
+
+    from pertinent.stores.base import StoredEvent
+    from pertinent.stores.lancedb import LanceDBStore
+
+    def fill(log_cache_bytes: int) -> int:
+        store = LanceDBStore(
+            tmp_path / str(log_cache_bytes),
+            model_id="m",
+            dim=8,
+            cache_bytes=64 << 20,
+            log_cache_bytes=log_cache_bytes,
+        )
+        for i in range(120):
+            store.append_events(
+                [
+                    StoredEvent(
+                        id=f"e{i}",
+                        user_id=f"u{i % 3}",
+                        kind="open",
+                        weight=1.0,
+                        timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc),
+                        item_id=None,
+                        text=None,
+                        session_id=None,
+                        model_id="m",
+                        vector=np.eye(8, dtype=np.float32)[i % 8],
+                    )
+                ]
+            )
+            assert len(store.read_events(f"u{i % 3}")) == i // 3 + 1
+        held = store.cache_bytes()
+        store.close()
+        assert held is not None
+        return held
+
+    small, large = fill(256 << 10), fill(64 << 20)
+    # chunk and user-settings caches (nearly empty here) + 2 x 256 KiB for the logs
+    assert small <= (2 << 20)
+    assert large > small + (2 << 20)  # the same appends under the chunks' bound
+
+
 def test_close_waits_for_every_thread_it_started(
     tmp_path: Path, embedder: pertinent.CachedQueryEmbedder
 ) -> None:
