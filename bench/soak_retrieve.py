@@ -15,7 +15,8 @@ Usage: python bench/soak_retrieve.py [--retrieves 100000] [--users 1000] [--cach
        [--threads 1] [--lancedb-cache-mib 64] [--lancedb-log-cache-mib 16]
 Prints one line per sample (retrieves, seconds, RSS MiB, fds, threads, the bytes
 LanceDB's bounded caches hold, which RSS includes until they are full, glibc malloc's
-bytes in use and free-but-kept, and Python's allocated blocks) and the summary
+bytes in use and free-but-kept, Python's allocated blocks, and the part of RSS not
+backed by files) and the summary
 (RSS at start/middle/end, growth over the second half). Exits 1 if descriptors or
 threads are not released on close.
 """
@@ -79,10 +80,14 @@ WORDS = tuple(
 )
 
 
-def rss_mib() -> float:
+def rss_mib(field: str = "VmRSS") -> float:
+    """Resident memory from /proc/self/status: VmRSS in all, or RssAnon, its part not
+    backed by a file. The rest (RssFile) is pages of mapped files: the shared libraries
+    (LanceDB's and pylance's are 180-190 MiB each, torch's 414 MiB) and the model, paged
+    in as code paths first run, bounded by their sizes and given back under pressure."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -192,9 +197,10 @@ def main() -> int:
     print(
         f"{'retrieves':>9} {'seconds':>8} {'RSS MiB':>8} {'fds':>5} {'threads':>7} "
         f"{'LanceDB cache MiB':>17} {'malloc used MiB':>15} {'malloc free MiB':>15} "
-        f"{'Python blocks k':>15}"
+        f"{'Python blocks k':>15} {'RSS anon MiB':>12}"
     )
     cache_bytes = getattr(px.store, "cache_bytes", lambda: None)
+    anons: list[tuple[int, float]] = []
 
     def work(seed: int) -> None:
         r = random.Random(seed)
@@ -215,9 +221,11 @@ def main() -> int:
                 cache = "-" if held is None else f"{held / 2**20:.1f}"
                 used, free = malloc_mib()
                 blocks = sys.getallocatedblocks() / 1000
+                anon = rss_mib("RssAnon")
+                anons.append((i, anon))
                 print(
                     f"{s[0]:>9} {s[1]:>8.0f} {s[2]:>8.0f} {s[3]:>5} {s[4]:>7} {cache:>17} "
-                    f"{used:>15.0f} {free:>15.0f} {blocks:>15.0f}",
+                    f"{used:>15.0f} {free:>15.0f} {blocks:>15.0f} {anon:>12.0f}",
                     flush=True,
                 )
 
@@ -241,6 +249,9 @@ def main() -> int:
         f"(after {middle[0]}), end {last[2]:.0f} (after {last[0]})"
     )
     print(f"RSS growth over the second half: {last[2] - middle[2]:+.0f} MiB")
+    anons.sort()
+    anon_middle, anon_last = anons[len(anons) // 2][1], anons[-1][1]
+    print(f"RSS anon growth over the second half: {anon_last - anon_middle:+.0f} MiB")
     print(f"cached profiles, sessions, consents at the end: {cached} (--cache {args.cache})")
     top = max(s[3] for s in samples)
     print(f"fds: before open {fds_before}, during (max) {top}, after close {fds_after}")

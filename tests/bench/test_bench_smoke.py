@@ -196,10 +196,12 @@ def test_retrieve_soak_releases_what_it_opened() -> None:
     assert "LanceDB cache MiB" in out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["10"])]
     # the store is bounded by default (lancedb_cache_mib), so its caches are measured
-    assert len(rows) == 2 and all(len(r) == 9 and float(r[5]) < 1024 for r in rows)
+    assert len(rows) == 2 and all(len(r) == 10 and float(r[5]) < 1024 for r in rows)
     # glibc malloc's bytes in use hold at least LanceDB's and the tokenizer's buffers
     assert all(float(r[6]) > 1 and float(r[7]) >= 0 for r in rows)
     assert all(float(r[8]) > 100 for r in rows)  # thousands of Python blocks
+    assert all(0 < float(r[9]) < float(r[2]) for r in rows)  # anonymous RSS, part of RSS
+    assert "RSS anon growth over the second half:" in out
 
 
 def test_log_versions_bench_prints_every_sample_for_each_retention() -> None:

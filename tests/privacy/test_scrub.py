@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+from factories import stored_event
 
 from pertinent.stores.base import StoredEvent, StoredTurn
 from pertinent.stores.lancedb import LanceDBStore
@@ -27,18 +28,7 @@ def _vec(i: int) -> np.ndarray:
 
 
 def _event(i: int, user: str, text: str, at: datetime = T0) -> StoredEvent:
-    return StoredEvent(
-        id=f"e{i}",
-        user_id=user,
-        kind="query",
-        weight=1.0,
-        timestamp=at,
-        item_id=None,
-        text=text,
-        session_id=None,
-        model_id="m",
-        vector=_vec(i),
-    )
+    return stored_event(f"e{i}", user, _vec(i), kind="query", text=text, at=at)
 
 
 def _on_disk(root: Path, needle: str) -> list[str]:

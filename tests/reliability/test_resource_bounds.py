@@ -106,26 +106,13 @@ def test_weaviate_clients_are_closed_with_pertinent(
 
 
 def test_lancedb_cache_bytes_are_reported_and_within_their_bounds(tmp_path: Path) -> None:
-    from datetime import datetime, timezone
-
-    import numpy as np
+    from factories import one_hot, stored_event
 
     from pertinent.stores.base import StoredEvent
     from pertinent.stores.lancedb import LanceDBStore
 
     def event(i: int) -> StoredEvent:
-        return StoredEvent(
-            id=f"e{i}",
-            user_id=f"u{i % 3}",
-            kind="open",
-            weight=1.0,
-            timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc),
-            item_id=None,
-            text=None,
-            session_id=None,
-            model_id="m",
-            vector=np.eye(8, dtype=np.float32)[i % 8],
-        )
+        return stored_event(f"e{i}", f"u{i % 3}", one_hot(i, 8))
 
     bounded = LanceDBStore(tmp_path / "a", model_id="m", dim=8, cache_bytes=1 << 20)
     before = bounded.cache_bytes()
@@ -146,11 +133,8 @@ def test_the_logs_have_their_own_cache_bound(tmp_path: Path) -> None:
     """Every append to a log caches a new version's metadata (≈ 80 KiB each here) until
     the bound evicts it; the logs' bound keeps that from growing with the log while the
     chunks keep a large one."""
-    from datetime import datetime, timezone
+    from factories import one_hot, stored_event
 
-    import numpy as np
-
-    from pertinent.stores.base import StoredEvent
     from pertinent.stores.lancedb import LanceDBStore
 
     def fill(log_cache_bytes: int) -> int:
@@ -162,22 +146,7 @@ def test_the_logs_have_their_own_cache_bound(tmp_path: Path) -> None:
             log_cache_bytes=log_cache_bytes,
         )
         for i in range(120):
-            store.append_events(
-                [
-                    StoredEvent(
-                        id=f"e{i}",
-                        user_id=f"u{i % 3}",
-                        kind="open",
-                        weight=1.0,
-                        timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc),
-                        item_id=None,
-                        text=None,
-                        session_id=None,
-                        model_id="m",
-                        vector=np.eye(8, dtype=np.float32)[i % 8],
-                    )
-                ]
-            )
+            store.append_events([stored_event(f"e{i}", f"u{i % 3}", one_hot(i, 8))])
             assert len(store.read_events(f"u{i % 3}")) == i // 3 + 1
         held = store.cache_bytes()
         store.close()

@@ -3,11 +3,12 @@ version and one set of files per append (972 MB for 24 MB of rows in the long so
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import T0, one_hot, stored_event
 
 from pertinent import Settings
 from pertinent.errors import StoreCorrupted, StoreUnavailable
@@ -20,20 +21,7 @@ DIM = 8
 
 
 def _event(i: int) -> StoredEvent:
-    v = np.zeros(DIM, dtype=np.float32)
-    v[i % DIM] = 1.0
-    return StoredEvent(
-        id=f"e{i}",
-        user_id=f"u{i % 3}",
-        kind="open",
-        weight=1.0,
-        timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=i),
-        item_id=None,
-        text=None,
-        session_id=None,
-        model_id="m",
-        vector=v,
-    )
+    return stored_event(f"e{i}", f"u{i % 3}", one_hot(i, DIM), at=T0 + timedelta(seconds=i))
 
 
 def _chunk(i: int) -> Chunk:

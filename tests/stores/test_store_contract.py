@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import one_hot, stored_event
 from fake_weaviate import FakeWeaviate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -264,20 +265,7 @@ def test_wrong_dimension_is_refused(store: Store, embedder: CachedQueryEmbedder)
 
 
 def _event(user: str, i: int, dim: int, when: datetime) -> StoredEvent:
-    v = np.zeros(dim, dtype=np.float32)
-    v[i % dim] = 1.0
-    return StoredEvent(
-        id=f"{user}-{i}",
-        user_id=user,
-        kind="open",
-        weight=1.0,
-        timestamp=when,
-        item_id=None,
-        text=f"event {i}",
-        session_id=None,
-        model_id="m",
-        vector=v,
-    )
+    return stored_event(f"{user}-{i}", user, one_hot(i, dim), text=f"event {i}", at=when)
 
 
 def test_read_events_in_time_then_id_order(store: Store, embedder: CachedQueryEmbedder) -> None:

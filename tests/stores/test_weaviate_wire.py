@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import CORPUS
+from factories import one_hot, stored_event
 from fake_weaviate import FakeWeaviate
 from weaviate.proto.v1 import base_pb2, base_search_pb2
 
@@ -166,22 +167,7 @@ def test_anonymous_search_sees_only_shared_public_chunks(
 
 
 def _event(user: str, i: int, dim: int) -> StoredEvent:
-    from datetime import datetime, timezone
-
-    v = np.zeros(dim, dtype=np.float32)
-    v[i] = 1.0
-    return StoredEvent(
-        id=f"{user}-{i}",
-        user_id=user,
-        kind="open",
-        weight=1.0,
-        timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc),
-        item_id=None,
-        text=None,
-        session_id=None,
-        model_id="m",
-        vector=v,
-    )
+    return stored_event(f"{user}-{i}", user, one_hot(i, dim))
 
 
 def test_user_logs_live_in_one_tenant_per_user(
