@@ -9,7 +9,11 @@ settings (environment variables, read at start-up) and compare, e.g.
 
 Rows are like pertinent's session turns (two strings and a 384-d vector); the table is
 compacted every 200 commits, with old versions removed (`--keep-versions` keeps them).
-Prints commits, RSS growth since the start in MiB, and seconds.
+LanceDB's caches are bounded at `--cache-mib` each (its metadata cache keeps every
+committed version's manifest until the bound evicts it, so RSS rises until the cache is
+full: compare `--cache-mib 64` with `--cache-mib 16`).
+Prints commits, RSS growth since the start in MiB, seconds, and the MiB LanceDB's caches
+hold.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def main() -> int:
     ap.add_argument("--commits", type=int, default=8000)
     ap.add_argument("--every", type=int, default=500, help="print a sample every N commits")
     ap.add_argument("--keep-versions", action="store_true")
+    ap.add_argument("--cache-mib", type=int, default=64, help="LanceDB's two caches, MiB each")
     args = ap.parse_args()
     # "cleanup_older_than=0 removes every version": intended, nothing else reads it.
     warnings.simplefilter("ignore", UserWarning)
@@ -53,13 +58,14 @@ def main() -> int:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="lancedb-rss-") as tmp:
         session = lancedb.Session(
-            index_cache_size_bytes=64 << 20, metadata_cache_size_bytes=64 << 20
+            index_cache_size_bytes=args.cache_mib << 20,
+            metadata_cache_size_bytes=args.cache_mib << 20,
         )
         db = lancedb.connect(tmp, read_consistency_interval=timedelta(0), session=session)
         table = db.create_table("turns", schema=schema)
         cleanup = None if args.keep_versions else timedelta(0)
         start, t0 = rss_mib(), time.perf_counter()
-        print(f"{'commits':>8} {'RSS +MiB':>9} {'seconds':>8}")
+        print(f"{'commits':>8} {'RSS +MiB':>9} {'seconds':>8} {'cache MiB':>9}")
         for i in range(1, args.commits + 1):
             vector = rng.standard_normal(384).astype(np.float32)
             row = pa.table(
@@ -74,7 +80,9 @@ def main() -> int:
             if i % 200 == 0:
                 table.optimize(cleanup_older_than=cleanup)
             if i % args.every == 0:
-                print(f"{i:>8} {rss_mib() - start:>9.1f} {time.perf_counter() - t0:>8.1f}")
+                held = session.size_bytes / 2**20
+                seconds = time.perf_counter() - t0
+                print(f"{i:>8} {rss_mib() - start:>9.1f} {seconds:>8.1f} {held:>9.1f}")
     return 0
 
 

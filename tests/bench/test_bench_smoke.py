@@ -182,9 +182,11 @@ def test_lancedb_rss_probe_prints_its_samples() -> None:
     out = _run_script("probe_lancedb_rss.py", "--commits", "20", "--every", "10")
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["10"], ["20"])]
     assert len(rows) == 2
-    # columns: commits, RSS growth (MiB, may be 0 or below), seconds since the start
-    assert all(abs(float(r[1])) < 10_000 for r in rows)
+    # columns: commits, RSS growth (MiB, may be 0 or below), seconds since the start,
+    # MiB in LanceDB's caches (filled by the commits, within 2 x --cache-mib)
+    assert all(len(r) == 4 and abs(float(r[1])) < 10_000 for r in rows)
     assert float(rows[1][2]) >= float(rows[0][2]) >= 0
+    assert 0 <= float(rows[0][3]) < float(rows[1][3]) <= 128
 
 
 def test_retrieve_soak_releases_what_it_opened() -> None:
