@@ -162,8 +162,8 @@ class Settings(BaseSettings):
         ge=0,
         description="LanceDB index and metadata caches of the event and turn logs, MiB "
         "each (0 = LanceDB's defaults); they hold little more than the latest version's "
-        "metadata and the user_id indexes, but every append adds a manifest until the "
-        "bound evicts it",
+        "metadata and the user_id indexes, but every append adds its version's metadata "
+        "until the bound evicts it",
     )
     lancedb_index_cache_mib: int = Field(
         1024,

@@ -325,10 +325,10 @@ class LanceDBStore:
             # _COMPACT_EVERY_APPENDS appends) writes new ones, and in a shared cache the
             # stale copies sit until the index bound (sized for the vector index) is
             # reached: +4 MiB per 1,000 commits at 1 GiB, flat at 16 MiB. The metadata
-            # cache also keeps the manifest of every version an append wrote, deleted or
-            # not, until its bound evicts it: about 1 MiB of RSS per 1,000 retrieves of
-            # the soak until a 64 MiB bound filled (docs/reliability.md, "Long soak, sixth
-            # attempt"). Reads need only the latest version's, so a small bound suffices.
+            # cache also keeps the metadata of every version an append wrote, deleted or
+            # not, until its bound evicts it: at 64 MiB the soak grew about 1 MiB per
+            # 1,000 retrieves for more than 100,000 (docs/reliability.md, "Long soak,
+            # sixth attempt"). Reads need only the latest version's: a small bound.
             log_bytes = cache_bytes if log_cache_bytes is None else log_cache_bytes
             self._log_db = connect(log_bytes, log_bytes)
             existing = set(self._db.list_tables().tables)
