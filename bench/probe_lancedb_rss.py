@@ -10,7 +10,7 @@ settings (environment variables, read at start-up) and compare, e.g.
 Rows are like pertinent's session turns (two strings and a 384-d vector); the table is
 compacted every 200 commits, with old versions removed (`--keep-versions` keeps them).
 LanceDB's caches are bounded at `--cache-mib` each (its metadata cache keeps every
-committed version's manifest until the bound evicts it, so RSS rises until the cache is
+committed version's metadata until the bound evicts it, so RSS rises until the cache is
 full: compare `--cache-mib 64` with `--cache-mib 16`).
 Prints commits, RSS growth since the start in MiB, seconds, and the MiB LanceDB's caches
 hold.

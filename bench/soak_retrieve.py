@@ -144,7 +144,7 @@ def main() -> int:
         "--lancedb-cache-mib",
         type=int,
         default=64,
-        help="Settings.lancedb_cache_mib: LanceDB's index and metadata caches, MiB each; "
+        help="Settings.lancedb_cache_mib: the chunks' LanceDB metadata cache, MiB; "
         "0: LanceDB's own defaults (gigabytes)",
     )
     ap.add_argument(
@@ -191,7 +191,8 @@ def main() -> int:
     chunk_ids = [r.id for r in px.search("pertinent", top_k=10)]
 
     every = max(1, args.retrieves // args.samples)
-    samples: list[tuple[int, float, float, int, int]] = []
+    # retrieves, seconds, RSS MiB, fds, threads, RSS anon MiB
+    samples: list[tuple[int, float, float, int, int, float]] = []
     counter = itertools.count(1)  # next() on it is atomic under the GIL
     t0 = time.perf_counter()
     print(
@@ -200,7 +201,6 @@ def main() -> int:
         f"{'Python blocks k':>15} {'RSS anon MiB':>12}"
     )
     cache_bytes = getattr(px.store, "cache_bytes", lambda: None)
-    anons: list[tuple[int, float]] = []
 
     def work(seed: int) -> None:
         r = random.Random(seed)
@@ -215,17 +215,22 @@ def main() -> int:
             if args.record_every > 0 and i % args.record_every == 0 and ctx.results:
                 px.record(user, Event(kind="accept", item_id=r.choice(chunk_ids)))
             if i % every == 0 or i == 1:
-                s = (i, time.perf_counter() - t0, rss_mib(), fds(), threading.active_count())
+                s = (
+                    i,
+                    time.perf_counter() - t0,
+                    rss_mib(),
+                    fds(),
+                    threading.active_count(),
+                    rss_mib("RssAnon"),
+                )
                 samples.append(s)
                 held = cache_bytes()
                 cache = "-" if held is None else f"{held / 2**20:.1f}"
                 used, free = malloc_mib()
                 blocks = sys.getallocatedblocks() / 1000
-                anon = rss_mib("RssAnon")
-                anons.append((i, anon))
                 print(
                     f"{s[0]:>9} {s[1]:>8.0f} {s[2]:>8.0f} {s[3]:>5} {s[4]:>7} {cache:>17} "
-                    f"{used:>15.0f} {free:>15.0f} {blocks:>15.0f} {anon:>12.0f}",
+                    f"{used:>15.0f} {free:>15.0f} {blocks:>15.0f} {s[5]:>12.0f}",
                     flush=True,
                 )
 
@@ -249,9 +254,7 @@ def main() -> int:
         f"(after {middle[0]}), end {last[2]:.0f} (after {last[0]})"
     )
     print(f"RSS growth over the second half: {last[2] - middle[2]:+.0f} MiB")
-    anons.sort()
-    anon_middle, anon_last = anons[len(anons) // 2][1], anons[-1][1]
-    print(f"RSS anon growth over the second half: {anon_last - anon_middle:+.0f} MiB")
+    print(f"RSS anon growth over the second half: {last[5] - middle[5]:+.0f} MiB")
     print(f"cached profiles, sessions, consents at the end: {cached} (--cache {args.cache})")
     top = max(s[3] for s in samples)
     print(f"fds: before open {fds_before}, during (max) {top}, after close {fds_after}")
