@@ -47,10 +47,11 @@ from pertinent.privacy.encryption import KeyProvider, RotationReport
 from pertinent.privacy.redaction import Redactor
 from pertinent.prompts.packing import pack
 from pertinent.prompts.tokenizers import tokenizer_for
-from pertinent.retrievers.pipeline import StageTimes, gather_candidates, rank
+from pertinent.retrievers.pipeline import StageTimes, gather_candidates, keyword_depth, rank
 from pertinent.retrievers.rerank import Reranker
 from pertinent.retrievers.rescoring import Candidate, minmax
 from pertinent.stores.base import SearchFilter, Store, StoredEvent, StoredTurn
+from pertinent.stores.fusion import start_hybrid_search
 from pertinent.stores.resilience import LRUDict, ReplicatedStore
 from pertinent.types import (
     Budget,
@@ -811,8 +812,23 @@ class Pertinent:
             state = self._executor.submit(
                 self._user_state, self._pin.current(self._active), user_id, session_id, now
             )
+        where = SearchFilter(
+            user_id=user_id,
+            principals=normalize_acl(principals) + ((f"user:{user_id}",) if user_id else ()),
+            exclude_ids=tuple(exclude_ids),
+        )
+        # The keyword leg needs no vector: a store that runs it alone (the embedded one)
+        # runs it while the query is embedded (pertinent/stores/fusion.py).
+        store = self.store
+        pending = start_hybrid_search(
+            store, query, k=keyword_depth(self.settings, personal=user_id is not None), where=where
+        )
         t0 = time.perf_counter()
-        qvec = self.embedder.embed_query(query)
+        try:
+            qvec = self.embedder.embed_query(query)
+        except BaseException:
+            pending.cancel()
+            raise
         times.add("embed_query", t0)
         degraded: list[str] = []
 
@@ -830,14 +846,9 @@ class Pertinent:
                     resolved.append((_NO_PROFILE, _NO_SESSION))
             return resolved[0]
 
-        where = SearchFilter(
-            user_id=user_id,
-            principals=normalize_acl(principals) + ((f"user:{user_id}",) if user_id else ()),
-            exclude_ids=tuple(exclude_ids),
-        )
         try:
             candidates = gather_candidates(
-                self.store,
+                store,
                 query,
                 qvec,
                 lambda: user_state()[0],
@@ -848,6 +859,7 @@ class Pertinent:
                 # Worth waiting for when the profile is in memory: what is left to read
                 # (consent, session) is at most two small lookups.
                 profile_ready=lambda: state is None or state.done() or user_id in self._profiles,
+                pending=pending,
             )
         except StoreUnavailable as exc:
             replica = self._replica()

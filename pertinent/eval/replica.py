@@ -33,18 +33,10 @@ from pertinent.stores.base import (
     StoredTurn,
     event_arrays,
 )
+from pertinent.stores.fusion import relative_score_fusion
 from pertinent.types import Chunk, Hit, Vector
 
 __all__ = ["SearchReplica"]
-
-
-def _minmax(values: Sequence[float]) -> list[float]:
-    if not values:
-        return []
-    lo, hi = min(values), max(values)
-    if hi - lo <= 1e-12:
-        return [1.0 for _ in values]
-    return [(v - lo) / (hi - lo) for v in values]
 
 
 class SearchReplica:
@@ -157,36 +149,7 @@ class SearchReplica:
         q = np.asarray(vector, dtype=np.float32)
         dense = self.vector_search(q, k=k, where=where) if alpha > 0 else []
         sparse = self.keyword_search(text, k=k, where=where) if alpha < 1 else []
-        vec_norm = dict(
-            zip(
-                [h.id for h in dense], _minmax([h.vector_cosine or 0.0 for h in dense]), strict=True
-            )
-        )
-        bm_norm = dict(
-            zip([h.id for h in sparse], _minmax([h.bm25 or 0.0 for h in sparse]), strict=True)
-        )
-        merged: dict[str, Hit] = {h.id: h for h in dense}
-        for h in sparse:
-            if h.id in merged:
-                merged[h.id] = Hit(
-                    chunk=merged[h.id].chunk, bm25=h.bm25, vector_cosine=merged[h.id].vector_cosine
-                )
-            else:
-                assert h.chunk.vector is not None
-                merged[h.id] = Hit(
-                    chunk=h.chunk, bm25=h.bm25, vector_cosine=float(h.chunk.vector @ q)
-                )
-        fused = [
-            Hit(
-                chunk=h.chunk,
-                bm25=h.bm25,
-                vector_cosine=h.vector_cosine,
-                hybrid=alpha * vec_norm.get(i, 0.0) + (1 - alpha) * bm_norm.get(i, 0.0),
-            )
-            for i, h in merged.items()
-        ]
-        fused.sort(key=lambda h: (-h.hybrid, h.id))
-        return fused[:k]
+        return relative_score_fusion(dense, sparse, q, k=k, alpha=alpha)
 
     # --------------------------------------------------------------- reads: the real store
 

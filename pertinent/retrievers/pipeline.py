@@ -23,9 +23,16 @@ from pertinent.retrievers.diversity import mmr
 from pertinent.retrievers.rerank import Reranker
 from pertinent.retrievers.rescoring import Candidate, blended_query, minmax, rescore
 from pertinent.stores.base import SearchFilter, Store
+from pertinent.stores.fusion import PendingHybrid, start_hybrid_search
 from pertinent.types import Hit, Result, ScoreBreakdown, Vector
 
-__all__ = ["StageTimes", "fused_candidates", "gather_candidates", "rank"]
+__all__ = [
+    "StageTimes",
+    "fused_candidates",
+    "gather_candidates",
+    "keyword_depth",
+    "rank",
+]
 
 
 @dataclass
@@ -50,6 +57,7 @@ def gather_candidates(
     times: StageTimes | None = None,
     executor: Executor | None = None,
     profile_ready: Callable[[], bool] | None = None,
+    pending: PendingHybrid | None = None,
 ) -> list[Candidate]:
     """The store's hybrid top-N, plus the user-blended vector leg's top-M.
 
@@ -63,23 +71,27 @@ def gather_candidates(
     leg runs in this thread meanwhile, so the two searches overlap as well (both mostly
     wait on the store, which releases the GIL).
 
+    `pending` is the hybrid search the caller started before embedding the query
+    (`start_hybrid_search`, `keyword_depth(settings, ...)` deep), so that a store that
+    runs its keyword leg alone has run it meanwhile; without it the search starts here.
+
     A chunk found only by the user leg gets a hybrid score from its query cosine,
     scaled like the hybrid leg's vector part (its bm25 part is 0: the keyword leg did
     not return it), so it competes on the same scale.
     """
     t0 = time.perf_counter()
+    if pending is None:
+        pending = start_hybrid_search(
+            store, text, k=keyword_depth(settings, personal=True), where=where
+        )
     if settings.user_leg == "fused" and (profile_ready is None or profile_ready()):
         view = profile()
         if times is not None:
             t0 = times.add("user_state", t0)
         blended = blended_query(query, view, settings.rho)
         if blended is not None and settings.user_candidates > 0:
-            hits = store.hybrid_search(
-                text,
-                blended,
-                k=settings.candidates + settings.user_candidates,
-                alpha=settings.alpha,
-                where=where,
+            hits = pending.finish(
+                blended, k=settings.candidates + settings.user_candidates, alpha=settings.alpha
             )
             if times is not None:
                 times.add("hybrid_search", t0)
@@ -87,12 +99,7 @@ def gather_candidates(
     hybrid_job: Future[list[Hit]] | None = None
     if executor is not None:
         hybrid_job = executor.submit(
-            store.hybrid_search,
-            text,
-            query,
-            k=settings.candidates,
-            alpha=settings.alpha,
-            where=where,
+            pending.finish, query, k=settings.candidates, alpha=settings.alpha
         )
     view = profile()
     if times is not None:
@@ -106,9 +113,7 @@ def gather_candidates(
     if hybrid_job is not None:
         hybrid_hits = hybrid_job.result()
     else:
-        hybrid_hits = store.hybrid_search(
-            text, query, k=settings.candidates, alpha=settings.alpha, where=where
-        )
+        hybrid_hits = pending.finish(query, k=settings.candidates, alpha=settings.alpha)
     if times is not None:
         times.add("hybrid_search", t0)
 
@@ -139,6 +144,15 @@ def gather_candidates(
             found_by=("user",),
         )
     return list(out.values())
+
+
+def keyword_depth(settings: Settings, *, personal: bool) -> int:
+    """How deep to start a hybrid search before the user's state is known: a personal
+    query may take the fused user leg, one search `candidates + user_candidates` deep
+    (cutting a deeper keyword leg to `candidates` later gives the same hits)."""
+    if personal and settings.user_leg == "fused" and settings.user_candidates > 0:
+        return settings.candidates + settings.user_candidates
+    return settings.candidates
 
 
 def fused_candidates(hits: Sequence[Hit], query: Vector, alpha: float) -> list[Candidate]:

@@ -47,6 +47,7 @@ from pertinent.stores.base import (
     StoredTurn,
     event_arrays,
 )
+from pertinent.stores.fusion import PendingHybrid, relative_score_fusion
 from pertinent.stores.vector_cache import VersionedVectorCache
 from pertinent.types import Chunk, Hit, Vector
 
@@ -234,13 +235,54 @@ def _visibility(where: SearchFilter) -> str:
     return " AND ".join(parts)
 
 
-def _minmax(values: Sequence[float]) -> list[float]:
-    if not values:
-        return []
-    lo, hi = min(values), max(values)
-    if hi - lo <= 1e-12:
-        return [1.0 for _ in values]
-    return [(v - lo) / (hi - lo) for v in values]
+class _KeywordsFirst:
+    """A hybrid search whose BM25 leg was started before the query vector existed; the
+    vector leg runs in the thread that finishes it, and the two are fused here."""
+
+    def __init__(
+        self,
+        store: LanceDBStore,
+        text: str,
+        k: int,
+        where: SearchFilter,
+        job: Future[list[Hit]] | None,
+    ) -> None:
+        self._store = store
+        self._text = text
+        self._k = k
+        self._where = where
+        self._job = job
+
+    def finish(self, vector: Vector, *, k: int, alpha: float) -> list[Hit]:
+        store = self._store
+        try:
+            q = store._check_query_vector(vector)
+        except DimensionMismatch:
+            self.cancel()
+            raise
+        job = self._job
+        if alpha < 1 and (job is None or k > self._k) and store._has_fts and self._text.strip():
+            # Deeper than started (or not started): the leg runs again, beside the vector leg.
+            self.cancel()
+            job = store._pool.submit(store.keyword_search, self._text, k=k, where=self._where)
+        elif alpha >= 1:
+            self.cancel()
+            job = None
+        try:
+            dense = store.vector_search(q, k=k, where=self._where) if alpha > 0 else []
+        except BaseException:
+            if job is not None:
+                job.cancel()
+            raise
+        sparse = job.result() if job is not None else []
+        # A leg started deeper than `k` is cut to its top `k`: the hits a `k`-deep search
+        # returns, ties broken by id as everywhere else.
+        sparse = sorted(sparse, key=lambda h: (-(h.bm25 or 0.0), h.id))[:k]
+        return relative_score_fusion(dense, sparse, q, k=k, alpha=alpha)
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
 
 
 class LanceDBStore:
@@ -886,45 +928,24 @@ class LanceDBStore:
         self, text: str, vector: Vector, *, k: int, alpha: float, where: SearchFilter
     ) -> list[Hit]:
         q = self._check_query_vector(vector)
-        # The two legs run concurrently: LanceDB releases the GIL, and each leg costs a
-        # few ms of fixed overhead even on a small table.
-        dense_job = (
-            self._pool.submit(self.vector_search, q, k=k, where=where) if alpha > 0 else None
+        return self._start_hybrid(text, k=k, where=where, keywords=alpha < 1).finish(
+            q, k=k, alpha=alpha
         )
-        sparse = self.keyword_search(text, k=k, where=where) if alpha < 1 else []
-        dense = dense_job.result() if dense_job is not None else []
-        vec_norm = dict(
-            zip(
-                [h.id for h in dense], _minmax([h.vector_cosine or 0.0 for h in dense]), strict=True
-            )
+
+    def start_hybrid_search(self, text: str, *, k: int, where: SearchFilter) -> PendingHybrid:
+        """Start the BM25 leg now, in this store's pool: it needs no vector, so it runs
+        while the caller embeds the query (`pertinent.stores.fusion`)."""
+        return self._start_hybrid(text, k=k, where=where, keywords=True)
+
+    def _start_hybrid(
+        self, text: str, *, k: int, where: SearchFilter, keywords: bool
+    ) -> _KeywordsFirst:
+        job = (
+            self._pool.submit(self.keyword_search, text, k=k, where=where)
+            if keywords and self._has_fts and text.strip()
+            else None
         )
-        bm_norm = dict(
-            zip([h.id for h in sparse], _minmax([h.bm25 or 0.0 for h in sparse]), strict=True)
-        )
-        merged: dict[str, Hit] = {}
-        for h in dense:
-            merged[h.id] = h
-        for h in sparse:
-            if h.id in merged:
-                merged[h.id] = Hit(
-                    chunk=merged[h.id].chunk, bm25=h.bm25, vector_cosine=merged[h.id].vector_cosine
-                )
-            else:
-                assert h.chunk.vector is not None
-                merged[h.id] = Hit(
-                    chunk=h.chunk, bm25=h.bm25, vector_cosine=float(h.chunk.vector @ q)
-                )
-        fused = [
-            Hit(
-                chunk=h.chunk,
-                bm25=h.bm25,
-                vector_cosine=h.vector_cosine,
-                hybrid=alpha * vec_norm.get(i, 0.0) + (1 - alpha) * bm_norm.get(i, 0.0),
-            )
-            for i, h in merged.items()
-        ]
-        fused.sort(key=lambda h: (-h.hybrid, h.id))
-        return fused[:k]
+        return _KeywordsFirst(self, text, k, where, job)
 
     # ------------------------------------------------------------------ user logs
 
