@@ -66,3 +66,34 @@ def test_optimize_indexes_vectors_past_the_threshold(
     assert reopened._has_vector_index  # found again, not rebuilt
     store.close()
     reopened.close()
+
+
+def test_optimize_leaves_one_file_after_a_batched_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ingest in batches indexes as it goes (a graph segment per batch); Lance merges
+    only fragments covered by the same index segments, so every batch stayed a file of
+    its own until `optimize` rebuilt the index and compacted again."""
+    monkeypatch.setattr(lance_mod, "_VECTOR_INDEX_MIN_ROWS", ROWS // 4)
+    batch = 40  # whole documents (four chunks each): an upsert replaces a document
+    monkeypatch.setattr(lance_mod, "_FTS_REFRESH_ROWS", batch)
+    store = LanceDBStore(tmp_path / "s", model_id="m", dim=DIM)
+    chunks = _chunks(np.random.default_rng(2))
+    for start in range(0, ROWS, batch):
+        store.upsert_chunks(chunks[start : start + batch])
+    assert store._has_vector_index  # built during the load
+    assert len(store._chunks.to_lance().get_fragments()) > 2
+    store.optimize()
+    assert len(store._chunks.to_lance().get_fragments()) == 1
+    assert store.count_chunks() == ROWS
+
+    matrix = np.stack([c.vector for c in chunks])
+    shared = np.array([c.owner is None for c in chunks])
+    for q in np.random.default_rng(3).normal(size=(5, DIM)).astype(np.float32):
+        q /= np.linalg.norm(q)
+        scores = np.where(shared, matrix @ q, -np.inf)
+        hits = store.vector_search(q, k=10, where=SearchFilter())
+        assert [h.id for h in hits] == [f"c{i}" for i in np.argsort(-scores)[:10]]
+    found = store.keyword_search("number 123", k=3, where=SearchFilter())
+    assert found and found[0].id == "c123"
+    store.close()
