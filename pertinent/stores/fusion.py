@@ -52,13 +52,16 @@ class _OneCall:
 def start_hybrid_search(store: Store, text: str, *, k: int, where: SearchFilter) -> PendingHybrid:
     """Start `store`'s hybrid search for `text`; finish it with the query vector.
 
-    Stores that can run the keyword leg alone have a `start_hybrid_search` method (it is
-    optional: not part of the `Store` protocol); every other store, and the wrappers
+    Stores that can run the keyword leg alone define a `start_hybrid_search` method (it
+    is optional: not part of the `Store` protocol); every other store, and the wrappers
     (encryption, circuit breaker, replication), run their `hybrid_search` at `finish`.
+    The method is looked up on the class: a wrapper that forwards unknown attributes to
+    the store it wraps (`EncryptedStore.__getattr__`) would otherwise hand out the inner
+    store's search and skip its own step (opening sealed chunks).
     """
-    start = getattr(store, "start_hybrid_search", None)
+    start = getattr(type(store), "start_hybrid_search", None)
     if callable(start):
-        pending: PendingHybrid = start(text, k=k, where=where)
+        pending: PendingHybrid = start(store, text, k=k, where=where)
         return pending
     return _OneCall(store, text, where)
 

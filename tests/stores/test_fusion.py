@@ -182,3 +182,22 @@ def test_relative_score_fusion_normalises_each_leg(loaded: pertinent.Pertinent) 
     assert by_id[top_vector] >= 0.5 - 1e-9
     assert by_id[top_bm25] >= 0.5 - 1e-9
     assert all(h.vector_cosine is not None for h in fused)
+
+
+def test_an_encrypted_store_opens_what_it_finishes(
+    tmp_path: Any, embedder: CachedQueryEmbedder
+) -> None:
+    """`EncryptedStore` forwards unknown attributes to the store it wraps; the inner
+    store's keyword-first search must not be picked up through that, or sealed chunks
+    come back sealed."""
+    note = "Deb keeps her API keys in the qzxvault password manager."
+    with pertinent.open(
+        tmp_path / "sealed", embedder=embedder, encryption_key=bytes(range(32))
+    ) as px:
+        px.ingest({"id": "deb-note", "text": note}, owner="deb", show_progress=False)
+        where = SearchFilter(user_id="deb")
+        q = embedder.embed_query("where are the API keys kept?")
+        hits = start_hybrid_search(px.store, "API keys", k=3, where=where).finish(q, k=3, alpha=0.5)
+        assert [h.chunk.text for h in hits] == [note]
+        ctx = px.retrieve("where are the API keys kept?", user_id="deb", remember=False)
+        assert [r.chunk.text for r in ctx.results] == [note]
