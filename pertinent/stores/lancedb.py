@@ -72,6 +72,11 @@ _VECTOR_NPROBES = 40
 # thousands of them, so the logs (and the user settings) are compacted once every this
 # many table versions, whichever process wrote them (_after_append).
 _COMPACT_EVERY_APPENDS = 200
+# Between compactions each append is a data file the user_id B-tree does not cover, and
+# a user's read scans every such file: 37 ms with 117 of them, against 6 ms with the
+# same files folded into the index (docs/benchmarks.md, "Sixth pass"). Folding new rows
+# into the index (no data rewritten) costs 1-2 ms, so it runs this often.
+_FOLD_EVERY_APPENDS = 16
 # Compaction writes new files but leaves the old versions (and their files) on disk for
 # LanceDB's default of 7 days. A log appended to all day then kept every version: after
 # 13,700 appends the events table held 13,700 versions in 972 MB for 24 MB of rows, and
@@ -1101,7 +1106,8 @@ class LanceDBStore:
         self._after_append(name, table)
 
     def _after_append(self, name: str, table: Any) -> None:
-        """Compact once every _COMPACT_EVERY_APPENDS table versions, whichever process
+        """Compact once every _COMPACT_EVERY_APPENDS table versions, and fold new rows
+        into the user_id index once every _FOLD_EVERY_APPENDS, whichever process
         wrote them. Counted per process, as before, a store written by short-lived
         processes (a CLI call per event, a worker restarted often) never reached the
         count, and every append stayed a file and a version for good."""
@@ -1122,6 +1128,12 @@ class LanceDBStore:
                 # only delays compaction. Failing the caller would make it retry and
                 # write its events twice.
                 _log.warning("compaction of %s skipped: %r", name, exc)
+        elif version // _FOLD_EVERY_APPENDS > last // _FOLD_EVERY_APPENDS:
+            try:
+                table.to_lance().optimize.optimize_indices()
+                table.checkout_latest()
+            except Exception as exc:  # as above: only the reads' speed waits for the next
+                _log.warning("index refresh of %s skipped: %r", name, exc)
 
     def _checkout_latest(self) -> None:
         with self._errors("checkout latest"):
