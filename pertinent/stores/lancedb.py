@@ -727,25 +727,26 @@ class LanceDBStore:
         Rows added after the vector index was built are folded in as extra graph segments,
         each searched in turn; once the table has grown to _VECTOR_REBUILD_GROWTH times
         the rows the index was built on, the index is rebuilt whole instead (minutes at
-        1M chunks, which is why only this explicit call does it, never an ingest)."""
+        1M chunks, which is why only this explicit call does it, never an ingest).
+
+        A rebuild drops the old index *before* compacting. Lance merges only neighbouring
+        fragments covered by the same index segments, so with the segments in place every
+        batch indexed during a load stayed a file of its own (19 at 100k chunks), and
+        compacting after the rebuild instead remaps the graph: 50 s at 100k chunks, and
+        ANN recall@50 fell from 0.975 to 0.94 (docs/benchmarks.md, "Sixth pass"). Searches
+        that run meanwhile scan the vectors exactly: slower, never wrong."""
         with self._lock, self._errors("optimize"):
-            for table in (self._chunks, self._events, self._turns):
-                self._compact(table)
-            self._unindexed = 0
             rows = int(self._chunks.count_rows())
             built = self._meta_value("vector_index_rows")
             if self._has_vector_index and built and rows >= _VECTOR_REBUILD_GROWTH * int(built):
+                for ix in self._chunks.list_indices():
+                    if list(ix.columns) == ["vector"]:
+                        self._chunks.drop_index(ix.name)
                 self._has_vector_index = False  # rebuilt below, over every row
-            building = not self._has_vector_index
+            for table in (self._chunks, self._events, self._turns):
+                self._compact(table)
+            self._unindexed = 0
             self._index_vectors()
-            if building and self._has_vector_index:
-                # Lance merges only neighbouring fragments covered by the same index
-                # segments, so the compaction above left every batch written since the
-                # last build a fragment of its own (19 at 100k chunks in the benchmark).
-                # One index over every row now covers them all: they merge, and each
-                # search reads one file (vector leg 26 -> 21 ms, BM25 leg 18 -> 14 ms at
-                # 100k chunks, docs/benchmarks.md "Sixth pass").
-                self._compact(self._chunks)
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
         if not doc_ids:
