@@ -7,7 +7,9 @@ torch thread, as `retrieve` does. Chunks are written straight to the store with 
 cached vectors (ingest throughput is measured in bench_throughput.py).
 
 Systems, interleaved query by query in random order on the same store:
-- `bare-hybrid`: query embedding + the store's hybrid search, nothing else (the floor).
+- `bare-hybrid`: query embedding + the store's hybrid search, nothing else (the floor),
+  its BM25 leg started before the embedding as `retrieve` starts it
+  (`pertinent.stores.fusion.start_hybrid_search`).
 - `retrieve-cold`: `retrieve` for a user with no history (a new user id every query).
 - `retrieve-warm`: `retrieve` for one of 100 users with 200 events each.
 - `retrieve-warm-fused`: the same with `user_leg="fused"` (one search instead of two).
@@ -46,6 +48,7 @@ import corpus
 
 import pertinent
 from pertinent.stores.base import SearchFilter
+from pertinent.stores.fusion import start_hybrid_search
 
 CHUNKS_PER_DOC = 5
 BATCH = 5000
@@ -196,10 +199,8 @@ def run(
     budget = pertinent.Budget("gpt-4o", 2000)
 
     def bare(q: str) -> None:
-        v = emb.embed_query(q)
-        px.store.hybrid_search(
-            q, v, k=px.settings.candidates, alpha=px.settings.alpha, where=SearchFilter()
-        )
+        search = start_hybrid_search(px.store, q, k=px.settings.candidates, where=SearchFilter())
+        search.finish(emb.embed_query(q), k=px.settings.candidates, alpha=px.settings.alpha)
 
     counter = iter(range(10**9))
     rng = random.Random(seed)
@@ -324,8 +325,8 @@ def run_search_only(
     ms: list[float] = []
     for i, q in enumerate(qs):
         t = time.perf_counter()
-        v = emb.embed_query(q)
-        px.store.hybrid_search(q, v, k=px.settings.candidates, alpha=px.settings.alpha, where=where)
+        search = start_hybrid_search(px.store, q, k=px.settings.candidates, where=where)
+        search.finish(emb.embed_query(q), k=px.settings.candidates, alpha=px.settings.alpha)
         if i >= warmup:
             ms.append((time.perf_counter() - t) * 1000)
     sample = qs[warmup : warmup + min(n_queries, 100)]
