@@ -888,6 +888,39 @@ class LanceDBStore:
             vector=np.asarray(r["vector"], dtype=np.float32),
         )
 
+    def _arrow_to_chunks(self, table: Any, vectors: np.ndarray | None = None) -> list[Chunk]:
+        """Search results as chunks, column by column: vectors as one matrix, each other
+        column converted once. Row by row (`to_pylist`, a list of 384 floats per vector)
+        this took 2.0 ms per 50 hits against 0.5 (probe on the 100k benchmark store)."""
+        n = int(table.num_rows)
+        if n == 0:
+            return []
+        if vectors is None:
+            vectors = self._vector_matrix(table["vector"])
+        cols = {
+            name: table[name].to_pylist()
+            for name in ("id", "doc_id", "text", "position", "metadata", "acl", "owner")
+        }
+        sources = table["source"].to_pylist()
+        titles = table["title"].to_pylist()
+        models = table["model_id"].to_pylist()
+        return [
+            Chunk(
+                id=cols["id"][i],
+                doc_id=cols["doc_id"][i],
+                text=cols["text"][i],
+                position=int(cols["position"][i]),
+                metadata=json.loads(cols["metadata"][i]) if cols["metadata"][i] else {},
+                acl=tuple(cols["acl"][i] or ()),
+                owner=cols["owner"][i] or None,
+                source=sources[i],
+                title=titles[i],
+                model_id=models[i],
+                vector=vectors[i],
+            )
+            for i in range(n)
+        ]
+
     # ------------------------------------------------------------------ search
 
     def _check_query_vector(self, vector: Vector) -> Vector:
@@ -914,12 +947,13 @@ class LanceDBStore:
                 # on the float vectors, so int8 rounding seldom pushes a true top-k out.
                 search = search.ef(max(_VECTOR_EF, k * _VECTOR_REFINE))
                 search = search.refine_factor(_VECTOR_REFINE)
-            rows = search.limit(k).to_arrow().to_pylist()
-        hits = []
-        for r in rows:
-            chunk = self._row_to_chunk(r)
-            assert chunk.vector is not None
-            hits.append(Hit(chunk=chunk, vector_cosine=float(chunk.vector @ q)))
+            table = search.limit(k).to_arrow()
+        vectors = self._vector_matrix(table["vector"])
+        chunks = self._arrow_to_chunks(table, vectors)
+        cosines = vectors @ q
+        hits = [
+            Hit(chunk=c, vector_cosine=float(cos)) for c, cos in zip(chunks, cosines, strict=True)
+        ]
         # Ties (and, on an IVF_FLAT index, float rounding) in a deterministic order.
         hits.sort(key=lambda h: (-(h.vector_cosine or 0.0), h.id))
         return hits
@@ -929,14 +963,17 @@ class LanceDBStore:
         if not self._has_fts or not text.strip():
             return []
         with self._errors("keyword search"):
-            rows = (
+            table = (
                 self._chunks.search(text, query_type="fts", fts_columns="text")
                 .where(_visibility(where), prefilter=True)
                 .limit(k)
                 .to_arrow()
-                .to_pylist()
             )
-        return [Hit(chunk=self._row_to_chunk(r), bm25=float(r["_score"])) for r in rows]
+        scores = table["_score"].to_pylist() if table.num_rows else []
+        return [
+            Hit(chunk=c, bm25=float(score))
+            for c, score in zip(self._arrow_to_chunks(table), scores, strict=True)
+        ]
 
     @_rereads_lost_versions
     def hybrid_search(
