@@ -226,3 +226,23 @@ def test_log_compaction_bench_reports_both_methods() -> None:
         written = [float(r[4]) for r in rows]
         assert written == sorted(written) and written[-1] > 0  # cumulative bytes
         assert f"{method}  fragments" in out
+
+
+def test_search_legs_probe_times_every_leg(
+    bench_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import probe_search_legs
+
+    store = tmp_path / "store"
+    args = ["--chunks", "120", "--queries", "4", "--warmup", "1", "--users", "3"]
+    assert probe_search_legs.main([*args, "--embed-missing", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "built 120 chunks" in out
+    assert "chunks: 120 in 1 file(s)" in out  # optimize leaves one file
+    rows = {line[:22].strip(): line[22:].split() for line in out.splitlines()[2:]}
+    for case in ("embed", "vector store", "bm25 store", "events unknown user"):
+        assert case in rows and len(rows[case]) == 3
+        median, p95, _ = map(float, rows[case])
+        assert 0 <= median <= p95
+    assert probe_search_legs.main([*args, "--store", str(store)]) == 0  # reused, not rebuilt
+    assert "built" not in capsys.readouterr().out
