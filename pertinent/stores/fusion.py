@@ -2,10 +2,11 @@
 
 A hybrid search's keyword leg needs only the text. A store that runs its two legs
 itself (the embedded LanceDB store) can start that leg while the caller is still
-embedding the query, and finish with the vector leg once the vector is there: on two
-cores the BM25 leg then costs no wall time beside the embedding (docs/benchmarks.md,
-"Sixth pass"). A store whose hybrid search is one call (Weaviate: one round trip, the
-vectors in the same response) starts nothing early and runs that call at `finish`.
+embedding the query, and finish with the vector leg once the vector is there, so the
+BM25 leg runs beside the embedding instead of after it (on two cores the two then share
+the cores, and the gain is small: docs/benchmarks.md, "Sixth pass"). A store whose
+hybrid search is one call (Weaviate: one round trip, the vectors in the same response)
+starts nothing early and runs that call at `finish`.
 """
 
 from __future__ import annotations

@@ -73,9 +73,9 @@ _VECTOR_NPROBES = 40
 # many table versions, whichever process wrote them (_after_append).
 _COMPACT_EVERY_APPENDS = 200
 # Between compactions each append is a data file the user_id B-tree does not cover, and
-# a user's read scans every such file: 37 ms with 117 of them, against 6 ms with the
-# same files folded into the index (docs/benchmarks.md, "Sixth pass"). Folding new rows
-# into the index (no data rewritten) costs 1-2 ms, so it runs this often.
+# a user's read scans every such file: 37 ms with 117 of them, 7-12 ms with new rows
+# folded into the index every 16 appends (docs/benchmarks.md, "Sixth pass"). A fold
+# rewrites no data and costs 1-2 ms, so it runs this often.
 _FOLD_EVERY_APPENDS = 16
 # Compaction writes new files but leaves the old versions (and their files) on disk for
 # LanceDB's default of 7 days. A log appended to all day then kept every version: after
