@@ -452,6 +452,16 @@ class LanceDBStore:
                 raise StoreNotWritable(
                     f"LanceDB store at {self.path} cannot be written ({what}): {msg}"
                 ) from exc
+            if "Too many open files" in msg or "No space left on device" in msg:
+                # Resources of this machine, not damage to the store: an ingest of 1M
+                # chunks in 5,000-chunk batches ran out of file handles (ulimit 20,000)
+                # while folding its new rows into the indexes (docs/benchmarks.md).
+                raise StoreUnavailable(
+                    f"LanceDB store at {self.path} ran out of a resource during {what}: "
+                    f"{msg}. Raise the open-files limit (ulimit -n) or free disk space, "
+                    "then retry; call optimize() after a large ingest, which merges the "
+                    "files and index segments a search opens."
+                ) from exc
             if _is_contention(msg):
                 raise StoreUnavailable(
                     f"LanceDB store at {self.path} is busy ({what}): too many processes are "

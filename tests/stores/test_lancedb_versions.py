@@ -248,3 +248,25 @@ def test_appends_between_compactions_are_folded_into_the_user_index(
     assert len(store.read_event_arrays("u1")) == 20
     assert store.read_event_arrays("nobody").vectors.shape == (0, DIM)
     store.close()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "LanceError(IO): Too many open files (os error 24), lance-io/src/local.rs:134:24",
+        "LanceError(IO): No space left on device (os error 28)",
+    ],
+)
+def test_running_out_of_files_or_disk_is_not_called_corruption(
+    tmp_path: Path, message: str
+) -> None:
+    """An ingest of 1M chunks ran out of file handles; the store was intact, yet the
+    error told the user to restore it from a backup."""
+    store = LanceDBStore(tmp_path / "s", model_id="m", dim=DIM)
+    with pytest.raises(StoreUnavailable, match="ulimit -n") as caught, store._errors("upsert"):
+        raise OSError(message)
+    assert not isinstance(caught.value, StoreCorrupted)
+    # Other I/O failures keep their class.
+    with pytest.raises(StoreCorrupted), store._errors("upsert"):
+        raise OSError("LanceError(IO): corrupt file footer")
+    store.close()
