@@ -73,7 +73,8 @@ def test_optimize_leaves_one_file_after_a_batched_load(
 ) -> None:
     """An ingest in batches indexes as it goes (a graph segment per batch); Lance merges
     only fragments covered by the same index segments, so every batch stayed a file of
-    its own until `optimize` rebuilt the index and compacted again."""
+    its own. `optimize` drops the old index before compacting, then builds the new one
+    over the single file."""
     monkeypatch.setattr(lance_mod, "_VECTOR_INDEX_MIN_ROWS", ROWS // 4)
     batch = 40  # whole documents (four chunks each): an upsert replaces a document
     monkeypatch.setattr(lance_mod, "_FTS_REFRESH_ROWS", batch)
