@@ -98,3 +98,49 @@ def test_optimize_leaves_one_file_after_a_batched_load(
     found = store.keyword_search("number 123", k=3, where=SearchFilter())
     assert found and found[0].id == "c123"
     store.close()
+
+
+def test_a_long_batched_load_keeps_the_vector_segments_few(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folded in at every refresh, each batch written after the vector index was built
+    became a graph segment of its own, which every search walks: 141 at 715,000 chunks,
+    and folding the next batch then ran out of file handles. New rows now join the index
+    once they are a quarter of it, and until then exact search finds them."""
+    min_rows, batch, total = 100, 20, 1240
+    monkeypatch.setattr(lance_mod, "_VECTOR_INDEX_MIN_ROWS", min_rows)
+    monkeypatch.setattr(lance_mod, "_FTS_REFRESH_ROWS", batch)
+    vecs = np.random.default_rng(4).normal(size=(total, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    chunks = [
+        Chunk(
+            id=f"c{i}",
+            doc_id=f"d{i // 4}",
+            text=f"passage number {i}",
+            position=i % 4,
+            model_id="m",
+            vector=vecs[i],
+        )
+        for i in range(total)
+    ]
+    store = LanceDBStore(tmp_path / "s", model_id="m", dim=DIM)
+    for start in range(0, total, batch):
+        store.upsert_chunks(chunks[start : start + batch])
+        if store._has_vector_index:
+            stats = store._chunks.index_stats("vector_idx")
+            assert stats is not None
+            assert stats.num_unindexed_rows < max(batch, stats.num_indexed_rows // 4)
+    stats = store._chunks.index_stats("vector_idx")
+    assert stats is not None and stats.num_unindexed_rows > 0  # the tail is still outside
+    # One segment per fold, each at least a quarter of what was indexed before it:
+    # at most 1 + log(1240 / 100) / log(1.25) = 12.3 (it was one per batch, 57).
+    assert stats.num_indices <= 12
+
+    last = total - 1  # written last, so not in the graph
+    hits = store.vector_search(vecs[last], k=10, where=SearchFilter())
+    assert hits[0].id == f"c{last}"
+    for q in np.random.default_rng(5).normal(size=(5, DIM)).astype(np.float32):
+        q /= np.linalg.norm(q)
+        hits = store.vector_search(q, k=10, where=SearchFilter())
+        assert [h.id for h in hits] == [f"c{i}" for i in np.argsort(-(vecs @ q))[:10]]
+    store.close()
