@@ -76,6 +76,11 @@ _VECTOR_NPROBES = 40
 # from 10k to 1M chunks), and until then the newest rows (at most a fifth of the table)
 # are searched exactly beside the graph: slower, never wrong.
 _VECTOR_FOLD_FRACTION = 4
+# A compaction rewrites a file once this share of its rows is deleted (LanceDB's
+# default), and `optimize` rebuilds the vector index rather than remap it over such a
+# rewrite: the remap costs about as much as a build, and after one on 100k chunks
+# ANN recall@50 fell from 0.975 to 0.94 (docs/benchmarks.md, "Sixth pass").
+_MATERIALIZE_DELETIONS = 0.1
 # Every small append is a new data file and a new table version; reads slow down with
 # thousands of them, so the logs (and the user settings) are compacted once every this
 # many table versions, whichever process wrote them (_after_append).
@@ -683,7 +688,7 @@ class LanceDBStore:
             self._has_fts = True
             self._unindexed = 0
         elif force or self._unindexed >= _FTS_REFRESH_ROWS:
-            self._compact(self._chunks, fold_vectors=self._vector_fold_due())
+            self._compact(self._chunks, ingest=True)
             self._unindexed = 0
             self._index_vectors()
 
@@ -754,10 +759,14 @@ class LanceDBStore:
     def optimize(self) -> None:
         """Fold new rows into the indexes and compact small files (safe to call any time).
 
-        Rows added after the vector index was built are folded in as extra graph segments,
-        each searched in turn; once the table has grown to _VECTOR_REBUILD_GROWTH times
-        the rows the index was built on, the index is rebuilt whole instead (minutes at
-        1M chunks, which is why only this explicit call does it, never an ingest).
+        Rows added after the vector index was built are folded in as an extra graph
+        segment (an ingest does it only once they are a quarter of the index, see
+        _VECTOR_FOLD_FRACTION), each searched in turn; once the table has grown to
+        _VECTOR_REBUILD_GROWTH times the rows the index was built on, the index is
+        rebuilt whole instead (minutes at 1M chunks, which is why only this explicit
+        call does it, never an ingest). It is rebuilt too once a file holds enough
+        deleted rows to be rewritten (re-ingested or deleted documents), since the
+        rewrite would remap the graph (_MATERIALIZE_DELETIONS).
 
         A rebuild drops the old index *before* compacting. Lance merges only neighbouring
         fragments covered by the same index segments, so with the segments in place every
@@ -768,7 +777,10 @@ class LanceDBStore:
         with self._lock, self._errors("optimize"):
             rows = int(self._chunks.count_rows())
             built = self._meta_value("vector_index_rows")
-            if self._has_vector_index and built and rows >= _VECTOR_REBUILD_GROWTH * int(built):
+            grown = bool(built) and rows >= _VECTOR_REBUILD_GROWTH * int(built or 0)
+            if self._has_vector_index and (
+                grown or self._deleted_share() >= _MATERIALIZE_DELETIONS
+            ):
                 for ix in self._chunks.list_indices():
                     if list(ix.columns) == ["vector"]:
                         self._chunks.drop_index(ix.name)
@@ -777,6 +789,15 @@ class LanceDBStore:
                 self._compact(table)
             self._unindexed = 0
             self._index_vectors()
+
+    def _deleted_share(self) -> float:
+        """The largest share of deleted rows in any file of the chunks table."""
+        worst = 0.0
+        for fragment in self._chunks.to_lance().get_fragments():
+            physical = int(fragment.physical_rows)
+            if physical:
+                worst = max(worst, int(fragment.num_deletions) / physical)
+        return worst
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
         if not doc_ids:
@@ -1201,14 +1222,18 @@ class LanceDBStore:
             for table in (self._chunks, self._events, self._turns, self._users):
                 table.checkout_latest()
 
-    def _compact(self, table: Any, *, scrub: bool = False, fold_vectors: bool = True) -> None:
+    def _compact(self, table: Any, *, scrub: bool = False, ingest: bool = False) -> None:
         """Merge small files, fold new rows into the indexes, and delete the files of
         versions older than `keep_versions` (see _KEEP_VERSIONS for why).
 
-        Without `fold_vectors` the chunks' vector index is left as it is (see
-        _VECTOR_FOLD_FRACTION), and the rows it lacks are merged only into files of
-        _FTS_REFRESH_ROWS: they are rewritten once, into full-size files, when they join
-        the index, instead of the whole growing tail at every refresh.
+        With `ingest` (the chunks' refresh during an ingest), new rows join the vector
+        index only once that is due (_VECTOR_FOLD_FRACTION); until then they are merged
+        only into files of _FTS_REFRESH_ROWS, so they are rewritten once, into full-size
+        files, when they join it, instead of the whole growing tail at every refresh.
+        Deleted rows are not purged either: rewriting an indexed file remaps the vector
+        index over it, which costs as much as building it (37.6 s for one upsert that
+        re-ingested documents of a 30,000-chunk store). `optimize` purges them by
+        rebuilding the index instead (_MATERIALIZE_DELETIONS).
 
         With `scrub`, every fragment holding a deleted row is rewritten and every older
         version is deleted, so deleted rows (a forgotten user, expired events, values
@@ -1221,15 +1246,16 @@ class LanceDBStore:
         # 50,000-row log) and it takes no compaction options. Here fragments stop growing
         # at a bound, and a compaction rewrites at most that many rows.
         rows = _CHUNK_FRAGMENT_ROWS if table is self._chunks else _LOG_FRAGMENT_ROWS
-        if table is self._chunks and not fold_vectors:
+        fold_vectors = not ingest or self._vector_fold_due()
+        if not fold_vectors:
             rows = _FTS_REFRESH_ROWS
         dataset = table.to_lance()
         dataset.optimize.compact_files(
             target_rows_per_fragment=rows,
-            materialize_deletions=True,
-            materialize_deletions_threshold=0.0 if scrub else 0.1,
+            materialize_deletions=not ingest,
+            materialize_deletions_threshold=0.0 if scrub else _MATERIALIZE_DELETIONS,
         )
-        if table is self._chunks and not fold_vectors:
+        if not fold_vectors:
             others = [ix.name for ix in table.list_indices() if list(ix.columns) != ["vector"]]
             if others:
                 dataset.optimize.optimize_indices(index_names=others)
