@@ -29,6 +29,8 @@ from pertinent.types import Vector
 __all__ = ["ProfileView", "UserProfile"]
 
 F64 = npt.NDArray[np.float64]
+# Rows of the event matrix widened to float64 at a time by a fold (see `_fold`).
+_FOLD_BLOCK = 1024
 
 
 @dataclass
@@ -220,11 +222,17 @@ class UserProfile:
         neg = np.where(weights < 0, mass, 0.0)
         self.ref_time = ref
         self.events += int(keep.sum())
-        # One pass over the events for both sums: (dim, n) @ (n, 2). Vectors are widened
-        # to float64 first, as `add` does, so the sums do not drift from the live fold.
-        sums = np.asarray(vectors, dtype=np.float64).T @ np.stack([pos, neg], axis=1)
-        self.positive = self.positive + sums[:, 0]
-        self.negative = self.negative + sums[:, 1]
+        # Both sums at once, (2, n) @ (n, dim). Vectors are widened to float64, as `add`
+        # does, so the sums do not drift from the live fold; block by block, since
+        # widening a 10,000-event log whole wrote a 30 MB copy, and the fold took 16 ms
+        # instead of 4-5 (docs/benchmarks.md, "Seventh pass").
+        masses = np.stack([pos, neg])
+        sums = np.zeros((2, self.dim), dtype=np.float64)
+        for start in range(0, len(masses[0]), _FOLD_BLOCK):
+            stop = start + _FOLD_BLOCK
+            sums += masses[:, start:stop] @ np.asarray(vectors[start:stop], dtype=np.float64)
+        self.positive = self.positive + sums[0]
+        self.negative = self.negative + sums[1]
         self.positive_mass += float(pos.sum())
         self.negative_mass += float(neg.sum())
 

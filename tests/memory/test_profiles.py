@@ -8,6 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pertinent.memory import profiles
 from pertinent.memory.profiles import UserProfile
 from pertinent.memory.sessions import SessionState
 
@@ -209,3 +210,25 @@ def test_add_many_equals_adding_one_by_one(
     assert batched.ref_time == one_by_one.ref_time and batched.events == one_by_one.events
     for a, b in zip(one_by_one.state(), batched.state(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_a_log_of_several_fold_blocks_folds_like_one_event_at_a_time() -> None:
+    """The fold widens the event matrix block by block (`_FOLD_BLOCK` rows); a log that
+    spans several blocks, the last one partial, sums exactly as the live fold does."""
+    n = 2 * profiles._FOLD_BLOCK + 357
+    rng = np.random.default_rng(9)
+    vectors = rng.normal(size=(n, 384)).astype(np.float32)
+    weights = rng.choice([-1.0, 0.0, 0.5, 2.0], size=n)
+    hours = rng.integers(0, 400 * 24, size=n)
+    live = UserProfile(384, half_life_days=30)
+    for i in np.argsort(hours, kind="stable"):
+        live.add(vectors[i], float(weights[i]), T0 + timedelta(hours=int(hours[i])))
+    times = np.array([(T0 + timedelta(hours=int(h))).timestamp() for h in hours])
+    rebuilt = UserProfile.from_arrays(384, vectors, weights, times, half_life_days=30)
+    grown = UserProfile(384, half_life_days=30)
+    grown.add_many(vectors[:100], weights[:100], times[:100])
+    grown.add_many(vectors[100:], weights[100:], times[100:])
+    assert rebuilt.events == live.events == grown.events == int((weights != 0).sum())
+    for other in (rebuilt, grown):
+        for a, b in zip(live.state(), other.state(), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
