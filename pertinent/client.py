@@ -497,7 +497,10 @@ class Pertinent:
             batch = redacted
         item_ids = sorted({e.item_id for e in batch if e.item_id})
         items = self.store.get_vectors(item_ids, user_id=user_id)
-        known = dict(text_vectors or {})
+        known = {
+            text: check_vector(v, self.embedder.dim, f"text_vectors entry {text[:40]!r}")
+            for text, v in (text_vectors or {}).items()
+        }
         texts = sorted(
             {
                 e.text
@@ -511,8 +514,8 @@ class Pertinent:
         model_id = self.embedder.model_id
         ids = _new_ids(len(batch))
         weights: dict[tuple[str, float | None], float] = {}  # a batch has few distinct ones
-        stored: list[StoredEvent] = []
-        for n, e in enumerate(batch):
+        vectors: list[Vector] = []
+        for e in batch:
             found = items.get(e.item_id) if e.item_id else None
             if found is None and e.text:
                 found = known.get(e.text)
@@ -522,6 +525,11 @@ class Pertinent:
                     "visible to this user), and has no text to embed. Pass a chunk id from a "
                     "result (`result.id`) or add text=."
                 )
+            vectors.append(found)
+        # One matrix for the log and the profile; each stored event holds a row of it.
+        matrix = np.stack(vectors).astype(np.float32, copy=False)
+        stored: list[StoredEvent] = []
+        for n, e in enumerate(batch):
             weight = weights.get((e.kind, e.weight))
             if weight is None:
                 weight = weights[(e.kind, e.weight)] = self._weight(e)
@@ -536,7 +544,7 @@ class Pertinent:
                     text=e.text,
                     session_id=e.session_id,
                     model_id=model_id,
-                    vector=np.asarray(found, dtype=np.float32),
+                    vector=matrix[n],
                 )
             )
         with self._lock(("user", user_id)):
@@ -544,7 +552,7 @@ class Pertinent:
             profile = self._profiles.get(user_id)
             if profile is not None:
                 profile.add_many(
-                    np.stack([s.vector for s in stored]),
+                    matrix,
                     np.array([s.weight for s in stored], dtype=np.float64),
                     np.array([s.timestamp.timestamp() for s in stored], dtype=np.float64),
                 )

@@ -300,6 +300,29 @@ def test_bad_events_write_nothing(loaded: pertinent.Pertinent) -> None:
         loaded.record("pat", Event(kind="open", item_id="q-note#0"))
 
 
+def test_record_checks_the_text_vectors_it_is_given(loaded: pertinent.Pertinent) -> None:
+    """`text_vectors` lets a caller pass embeddings it already has. One of the wrong
+    size, NaN or zero is refused before anything is written, as any vector input is;
+    a good one is stored (unit length) instead of embedding the text again."""
+    dim = loaded.embedder.dim
+    events = [Event(kind="like", text="a note on keys"), Event(kind="open", text="doors")]
+    doors = loaded.embedder.embed_documents(["doors"])[0]
+    for bad, error in (
+        ([0.5] * (dim + 8), pertinent.DimensionMismatch),
+        ([float("nan")] * dim, pertinent.NonFiniteVector),
+        ([0.0] * dim, pertinent.NonFiniteVector),
+    ):
+        with pytest.raises(error, match="text_vectors entry 'a note on keys'"):
+            loaded.record("tess", events, text_vectors={"a note on keys": bad, "doors": doors})
+    assert loaded.store.read_events("tess") == []
+    given = np.zeros(dim, dtype=np.float32)
+    given[:2] = 3.0
+    assert loaded.record("tess", events, text_vectors={"a note on keys": given}) == 2
+    stored = {e.text: e.vector for e in loaded.store.read_events("tess")}
+    np.testing.assert_allclose(stored["a note on keys"], given / np.linalg.norm(given), atol=1e-6)
+    np.testing.assert_allclose(stored["doors"], doors, atol=1e-5)  # embedded, not given
+
+
 def test_wrong_vector_inputs(embedder: pertinent.CachedQueryEmbedder) -> None:
     from pertinent.embeddings import check_vector
 
