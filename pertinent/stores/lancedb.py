@@ -791,11 +791,18 @@ class LanceDBStore:
             self._index_vectors()
 
     def _deleted_share(self) -> float:
-        """The largest share of deleted rows in any file of the chunks table."""
+        """The largest share of deleted rows in any file the vector index covers (files
+        it does not cover are rewritten without remapping it)."""
+        dataset = self._chunks.to_lance()
+        covered: set[int] = set()
+        for index in dataset.describe_indices():
+            if list(index.field_names) == ["vector"]:
+                for segment in index.segments:
+                    covered |= set(segment.fragment_ids)
         worst = 0.0
-        for fragment in self._chunks.to_lance().get_fragments():
+        for fragment in dataset.get_fragments():
             physical = int(fragment.physical_rows)
-            if physical:
+            if physical and fragment.fragment_id in covered:
                 worst = max(worst, int(fragment.num_deletions) / physical)
         return worst
 

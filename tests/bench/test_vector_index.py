@@ -194,3 +194,37 @@ def test_re_ingesting_leaves_the_graph_alone_until_optimize(
     found = store.keyword_search("revised passage c12", k=1, where=SearchFilter())
     assert found and found[0].id == "c12"
     store.close()
+
+
+def test_optimize_keeps_the_graph_when_only_unindexed_rows_were_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows the vector index does not cover yet are rewritten without remapping it, so
+    replacing them is no reason for `optimize` to rebuild the graph (minutes at 1M)."""
+    monkeypatch.setattr(lance_mod, "_VECTOR_INDEX_MIN_ROWS", ROWS // 4)
+    monkeypatch.setattr(lance_mod, "_FTS_REFRESH_ROWS", 20)
+    store = LanceDBStore(tmp_path / "s", model_id="m", dim=DIM)
+    chunks = _chunks(np.random.default_rng(10))
+    store.upsert_chunks(chunks[: ROWS - 40])
+    store.optimize()
+
+    def graph() -> set[str]:
+        dataset = store._chunks.to_lance()
+        [index] = [ix for ix in dataset.describe_indices() if ix.name == "vector_idx"]
+        return {segment.uuid for segment in index.segments}
+
+    built = graph()
+    tail = chunks[ROWS - 40 :]  # a tenth of the table: not yet due to join the graph
+    store.upsert_chunks(tail)
+    # Half of it replaced: a file is dropped whole once every row in it is deleted.
+    store.upsert_chunks([replace(c, text=f"revised {c.text}") for c in tail[:20]])
+    stats = store._chunks.index_stats("vector_idx")
+    assert stats is not None and stats.num_unindexed_rows == 40
+    store.optimize()
+    assert built <= graph()  # the graph built first is still there, not rebuilt
+    stats = store._chunks.index_stats("vector_idx")
+    assert stats is not None and stats.num_unindexed_rows == 0
+    shared = tail[1]  # tail[0] is private to bob
+    found = store.keyword_search(f"revised {shared.text}", k=1, where=SearchFilter())
+    assert found and found[0].id == shared.id
+    store.close()
