@@ -60,6 +60,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         report = px.ingest(paths, acl=args.acl or (), owner=args.owner)
         where = args.data if px.settings.backend == "lancedb" else px.settings.weaviate_url
         print(f"ingested {report.documents} documents as {report.chunks} chunks into {where}")
+        if not args.no_optimize:
+            px.optimize()  # a bulk load leaves the embedded indexes usable, not tidy
     return 0
 
 
@@ -363,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("paths", nargs="+")
     i.add_argument("--acl", action="append", help="principal allowed to read, e.g. role:support")
     i.add_argument("--owner", help="make the documents private to this user id")
+    i.add_argument(
+        "--no-optimize",
+        action="store_true",
+        help="skip bringing the indexes up to date afterwards (see Pertinent.optimize)",
+    )
     i.set_defaults(func=cmd_ingest)
 
     a = sub.add_parser("ask", help="retrieve and pack context for a user")

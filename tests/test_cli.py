@@ -109,3 +109,19 @@ def test_retention_apply(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "events: purged 2 rows older than 2026-10-27" in capsys.readouterr().out
     assert main(["retention", "apply", "--data", str(data), "--now", "yesterday"]) == 2
     assert "not an ISO 8601 time" in capsys.readouterr().err
+
+
+def test_ingest_brings_the_indexes_up_to_date_unless_told_not_to(tmp_path: Path) -> None:
+    import pertinent
+
+    data = str(tmp_path / "store")
+    for n, extra in enumerate(([], ["--no-optimize"], [])):
+        doc = tmp_path / f"note{n}.md"
+        doc.write_text(f"# Note {n}\n\nThe fleet report number {n} is due on Friday.\n")
+        assert main(["ingest", str(doc), "--data", data, *extra]) == 0
+        with pertinent.open(data) as px:
+            stats = px.store._chunks.index_stats("text_idx")  # type: ignore[attr-defined]
+            assert stats is not None
+            # The first ingest builds the index over what it wrote; later ones add rows
+            # it lacks until `optimize` folds them in.
+            assert stats.num_unindexed_rows == (1 if extra else 0)

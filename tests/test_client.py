@@ -381,3 +381,51 @@ def test_personalize_candidates_from_elsewhere(loaded: pertinent.Pertinent) -> N
 def test_bad_principals(loaded: pertinent.Pertinent) -> None:
     with pytest.raises(pertinent.InvalidInput, match="kind:value"):
         loaded.search("keys", principals=["admin"])
+
+
+def test_optimize_reaches_every_store_under_the_wrappers(
+    tmp_path: Path, px: pertinent.Pertinent
+) -> None:
+    """`Pertinent.optimize` finds the embedded stores behind encryption, the circuit
+    breaker and a replicated pair, and brings their BM25 index up to date."""
+    from pertinent.client import _optimize
+    from pertinent.privacy.encryption import EncryptedStore, Keyring, Sealer
+    from pertinent.stores.lancedb import LanceDBStore
+    from pertinent.stores.resilience import CircuitBreaker, ReplicatedStore, ResilientStore
+    from pertinent.types import Chunk
+
+    def store(name: str) -> LanceDBStore:
+        s = LanceDBStore(tmp_path / name, model_id="m", dim=8)
+        for i in range(2):  # the first upsert builds the index, the second is not in it
+            v = np.eye(8, dtype=np.float32)[i]
+            s.upsert_chunks(
+                [
+                    Chunk(
+                        id=f"c{i}",
+                        doc_id=f"d{i}",
+                        text=f"note {i}",
+                        position=0,
+                        model_id="m",
+                        vector=v,
+                    )
+                ]
+            )
+        return s
+
+    def unindexed(s: LanceDBStore) -> int:
+        stats = s._chunks.index_stats("text_idx")
+        assert stats is not None
+        return int(stats.num_unindexed_rows)
+
+    a, b = store("a"), store("b")
+    assert unindexed(a) == unindexed(b) == 1
+    sealed = EncryptedStore(a, Sealer(Keyring(bytes(range(32)))))
+    wrapped = ReplicatedStore(ResilientStore(sealed, CircuitBreaker(), "a"), b, "b")
+    assert _optimize(wrapped, set()) == 2
+    assert unindexed(a) == unindexed(b) == 0
+    assert _optimize(object(), set()) == 0  # nothing to do for a store without upkeep
+    a.close()
+    b.close()
+
+    px.ingest({"id": "late", "text": "a note written late"}, show_progress=False)
+    assert px.optimize() == 1

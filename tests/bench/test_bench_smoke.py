@@ -246,3 +246,24 @@ def test_search_legs_probe_times_every_leg(
         assert 0 <= median <= p95
     assert probe_search_legs.main([*args, "--store", str(store)]) == 0  # reused, not rebuilt
     assert "built" not in capsys.readouterr().out
+
+
+def test_ingest_index_probe_reports_the_load_and_the_reingest(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import probe_ingest_index
+
+    import pertinent.stores.lancedb as lance_mod
+
+    monkeypatch.setattr(lance_mod, "_VECTOR_INDEX_MIN_ROWS", 200)
+    monkeypatch.setattr(lance_mod, "_FTS_REFRESH_ROWS", 50)
+    args = ["--chunks", "1000", "--batch", "50", "--every", "5"]
+    assert probe_ingest_index.main([*args, "--reingest", "0.2", "--reingest-batch", "50"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()[1:] if line[:7].strip().isdigit()]
+    assert [int(r[0]) for r in rows] == [250, 500, 750, 1000]
+    segments = [int(r[1]) for r in rows]
+    assert segments[0] >= 1 and segments == sorted(segments)
+    assert all(int(r[2]) < max(50, 1000 // 4) for r in rows)  # rows not yet in the graph
+    assert "re-ingest 200 chunks in 4 upserts" in out and "graph kept: yes" in out
+    assert out.rstrip().endswith("1 segment(s), 0 rows outside, 1 file(s)")
