@@ -9,7 +9,7 @@
 2. Re-ingest: `optimize`, then `--reingest` of the documents again with new text, in
    batches of `--reingest-batch` chunks: the slowest and total upsert time, and whether
    the graph built by `optimize` is still there (an upsert that rewrote an indexed file
-   remapped it: 37.6 s for one upsert at 30,000 chunks). Then `optimize` again.
+   remapped it: 22.4 s for one upsert at 30,000 chunks). Then `optimize` again.
 
 Vectors are random unit vectors (the probe times index upkeep, not ANN recall), so no
 model runs:

@@ -1238,9 +1238,9 @@ class LanceDBStore:
         only into files of _FTS_REFRESH_ROWS, so they are rewritten once, into full-size
         files, when they join it, instead of the whole growing tail at every refresh.
         Deleted rows are not purged either: rewriting an indexed file remaps the vector
-        index over it, which costs as much as building it (37.6 s for one upsert that
-        re-ingested documents of a 30,000-chunk store). `optimize` purges them by
-        rebuilding the index instead (_MATERIALIZE_DELETIONS).
+        index over it, which costs as much as building it (22.4 s for one upsert that
+        re-ingested documents of a 30,000-chunk store, bench/probe_ingest_index.py).
+        `optimize` purges them by rebuilding the index instead (_MATERIALIZE_DELETIONS).
 
         With `scrub`, every fragment holding a deleted row is rewritten and every older
         version is deleted, so deleted rows (a forgotten user, expired events, values
