@@ -37,6 +37,18 @@ def _chunks(rng: np.random.Generator) -> list[Chunk]:
     ]
 
 
+def _assert_exact_top10(store: LanceDBStore, chunks: list[Chunk], seed: int) -> None:
+    """For a few random queries, the store's top 10 is the exact cosine top 10 of the
+    chunks anyone may see (no owner)."""
+    matrix = np.stack([c.vector for c in chunks])
+    shared = np.array([c.owner is None for c in chunks])
+    for q in np.random.default_rng(seed).normal(size=(5, DIM)).astype(np.float32):
+        q /= np.linalg.norm(q)
+        scores = np.where(shared, matrix @ q, -np.inf)
+        hits = store.vector_search(q, k=10, where=SearchFilter())
+        assert [h.id for h in hits] == [chunks[i].id for i in np.argsort(-scores)[:10]]
+
+
 def test_optimize_indexes_vectors_past_the_threshold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -89,13 +101,7 @@ def test_optimize_leaves_one_file_after_a_batched_load(
     assert len(store._chunks.to_lance().get_fragments()) == 1
     assert store.count_chunks() == ROWS
 
-    matrix = np.stack([c.vector for c in chunks])
-    shared = np.array([c.owner is None for c in chunks])
-    for q in np.random.default_rng(3).normal(size=(5, DIM)).astype(np.float32):
-        q /= np.linalg.norm(q)
-        scores = np.where(shared, matrix @ q, -np.inf)
-        hits = store.vector_search(q, k=10, where=SearchFilter())
-        assert [h.id for h in hits] == [f"c{i}" for i in np.argsort(-scores)[:10]]
+    _assert_exact_top10(store, chunks, seed=3)
     found = store.keyword_search("number 123", k=3, where=SearchFilter())
     assert found and found[0].id == "c123"
     store.close()
@@ -140,10 +146,7 @@ def test_a_long_batched_load_keeps_the_vector_segments_few(
     last = total - 1  # written last, so not in the graph
     hits = store.vector_search(vecs[last], k=10, where=SearchFilter())
     assert hits[0].id == f"c{last}"
-    for q in np.random.default_rng(5).normal(size=(5, DIM)).astype(np.float32):
-        q /= np.linalg.norm(q)
-        hits = store.vector_search(q, k=10, where=SearchFilter())
-        assert [h.id for h in hits] == [f"c{i}" for i in np.argsort(-(vecs @ q))[:10]]
+    _assert_exact_top10(store, chunks, seed=5)
     store.close()
 
 
@@ -183,14 +186,7 @@ def test_re_ingesting_leaves_the_graph_alone_until_optimize(
     stats = store._chunks.index_stats("vector_idx")
     assert stats is not None and stats.num_unindexed_rows == 0 and stats.num_indices == 1
     assert store.count_chunks() == ROWS
-    current = new + chunks[changed:]
-    matrix = np.stack([c.vector for c in current])
-    shared = np.array([c.owner is None for c in current])
-    for q in np.random.default_rng(8).normal(size=(5, DIM)).astype(np.float32):
-        q /= np.linalg.norm(q)
-        scores = np.where(shared, matrix @ q, -np.inf)
-        hits = store.vector_search(q, k=10, where=SearchFilter())
-        assert [h.id for h in hits] == [current[i].id for i in np.argsort(-scores)[:10]]
+    _assert_exact_top10(store, new + chunks[changed:], seed=8)
     found = store.keyword_search("revised passage c12", k=1, where=SearchFilter())
     assert found and found[0].id == "c12"
     store.close()
