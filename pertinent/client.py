@@ -559,7 +559,7 @@ class Pertinent:
                 )
             vectors.append(found)
         # One matrix for the log and the profile; each stored event holds a row of it.
-        matrix = np.stack(vectors).astype(np.float32, copy=False)
+        matrix = np.array(vectors, dtype=np.float32)
         stored: list[StoredEvent] = []
         for n, e in enumerate(batch):
             weight = weights.get((e.kind, e.weight))

@@ -29,8 +29,16 @@ from pertinent.types import Vector
 __all__ = ["ProfileView", "UserProfile"]
 
 F64 = npt.NDArray[np.float64]
-# Rows of the event matrix widened to float64 at a time by a fold (see `_fold`).
-_FOLD_BLOCK = 1024
+# Bytes of the event matrix widened to float64 at a time by a fold (see `_fold`).
+_FOLD_BLOCK_BYTES = 512 * 1024
+
+
+def _fold_block(dim: int) -> int:
+    """Rows per widened block: under 1 MiB, the mmap threshold a LanceDB store sets
+    (stores/allocator.py), so each block reuses heap memory instead of mapping fresh
+    pages. 1,024 rows at 384-d (3 MiB) took 22.5 ms to fold a 12,000-event log beside a
+    store against 5.1-5.5 ms at 128-256 rows (interleaved, docs/benchmarks.md)."""
+    return max(1, _FOLD_BLOCK_BYTES // (8 * max(1, dim)))
 
 
 @dataclass
@@ -224,13 +232,12 @@ class UserProfile:
         self.events += int(keep.sum())
         # Both sums at once, (2, n) @ (n, dim). Vectors are widened to float64, as `add`
         # does, so the sums do not drift from the live fold; block by block, since
-        # widening a 10,000-event log whole writes a 30 MB copy: 7.7 ms against 4.4 in a
-        # bare process, the same beside a store, whose allocator keeps big blocks
-        # (docs/benchmarks.md, "Seventh pass").
+        # widening a 10,000-event log whole writes a 30 MB copy (see `_fold_block`).
         masses = np.stack([pos, neg])
         sums = np.zeros((2, self.dim), dtype=np.float64)
-        for start in range(0, len(masses[0]), _FOLD_BLOCK):
-            stop = start + _FOLD_BLOCK
+        block = _fold_block(self.dim)
+        for start in range(0, len(masses[0]), block):
+            stop = start + block
             sums += masses[:, start:stop] @ np.asarray(vectors[start:stop], dtype=np.float64)
         self.positive = self.positive + sums[0]
         self.negative = self.negative + sums[1]

@@ -20,9 +20,40 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from pertinent.errors import DimensionMismatch
 from pertinent.types import Chunk, Hit, Vector
 
-__all__ = ["EventArrays", "SearchFilter", "Store", "StoredEvent", "StoredTurn", "event_arrays"]
+__all__ = [
+    "EventArrays",
+    "SearchFilter",
+    "Store",
+    "StoredEvent",
+    "StoredTurn",
+    "event_arrays",
+    "vector_matrix",
+]
+
+
+def vector_matrix(vectors: Sequence[Any], dim: int, what: str) -> npt.NDArray[np.float32]:
+    """Rows to write, as one float32 matrix, refused (`DimensionMismatch`) unless every
+    row holds `dim` finite numbers: a store must not take a row no search can use.
+
+    `np.array` over the list rather than `np.stack` of one `asarray` per row: 0.25
+    against 1.3 ms for 1,000 rows, on every `record` batch.
+    """
+    try:
+        matrix = np.array(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as exc:  # rows of different lengths, or not numbers
+        raise DimensionMismatch(
+            f"{what}: every vector must hold {dim} numbers, the store's dimension ({exc})."
+        ) from exc
+    if matrix.ndim != 2 or matrix.shape[1] != dim:
+        raise DimensionMismatch(
+            f"{what}: vectors have shape {matrix.shape}, the store's dimension is {dim}."
+        )
+    if not np.all(np.isfinite(matrix)):
+        raise DimensionMismatch(f"{what}: vectors contain NaN or infinity.")
+    return matrix
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from pertinent.stores.base import (
     StoredEvent,
     StoredTurn,
     event_arrays,
+    vector_matrix,
 )
 from pertinent.stores.fusion import PendingHybrid, relative_score_fusion
 from pertinent.stores.vector_cache import VersionedVectorCache
@@ -621,21 +622,12 @@ class LanceDBStore:
             ]
         )
 
-    def _check_vectors(self, vectors: np.ndarray, what: str) -> None:
-        if vectors.ndim != 2 or vectors.shape[1] != self._dim:
-            raise DimensionMismatch(
-                f"{what}: vectors have shape {vectors.shape}, the store's dimension is {self._dim}."
-            )
-        if not np.all(np.isfinite(vectors)):
-            raise DimensionMismatch(f"{what}: vectors contain NaN or infinity.")
-
     # ------------------------------------------------------------------ chunks
 
     def upsert_chunks(self, chunks: Sequence[Chunk]) -> int:
         if not chunks:
             return 0
-        vectors = np.stack([np.asarray(c.vector, dtype=np.float32) for c in chunks])
-        self._check_vectors(vectors, "upsert_chunks")
+        vectors = vector_matrix([c.vector for c in chunks], self._dim, "upsert_chunks")
         for c in chunks:
             if c.model_id != self._model_id:
                 raise EmbeddingModelMismatch(
@@ -1055,8 +1047,7 @@ class LanceDBStore:
     def append_events(self, events: Sequence[StoredEvent]) -> None:
         if not events:
             return
-        vectors = np.stack([np.asarray(e.vector, dtype=np.float32) for e in events])
-        self._check_vectors(vectors, "append_events")
+        vectors = vector_matrix([e.vector for e in events], self._dim, "append_events")
         pa = self._pa
         table = pa.table(
             {
@@ -1157,8 +1148,7 @@ class LanceDBStore:
     def append_turns(self, turns: Sequence[StoredTurn]) -> None:
         if not turns:
             return
-        vectors = np.stack([np.asarray(t.vector, dtype=np.float32) for t in turns])
-        self._check_vectors(vectors, "append_turns")
+        vectors = vector_matrix([t.vector for t in turns], self._dim, "append_turns")
         pa = self._pa
         table = pa.table(
             {
@@ -1353,7 +1343,7 @@ class LanceDBStore:
         one commit, so a crash leaves each row either old or new."""
         if not events:
             return 0
-        self._check_vectors(np.stack([np.asarray(e.vector) for e in events]), "rewrite_events")
+        vector_matrix([e.vector for e in events], self._dim, "rewrite_events")
         rows = [
             {
                 "id": e.id,
@@ -1375,7 +1365,7 @@ class LanceDBStore:
         """Overwrite the turns with these ids, like `rewrite_events`."""
         if not turns:
             return 0
-        self._check_vectors(np.stack([np.asarray(t.vector) for t in turns]), "rewrite_turns")
+        vector_matrix([t.vector for t in turns], self._dim, "rewrite_turns")
         rows = [
             {
                 "id": t.id,

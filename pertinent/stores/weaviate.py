@@ -61,6 +61,7 @@ from pertinent.stores.base import (
     StoredEvent,
     StoredTurn,
     event_arrays,
+    vector_matrix,
 )
 from pertinent.types import Chunk, Hit, Vector
 
@@ -892,14 +893,6 @@ class WeaviateStore:
 
     # ------------------------------------------------------------------ chunks
 
-    def _check_vectors(self, vectors: np.ndarray, what: str) -> None:
-        if vectors.ndim != 2 or vectors.shape[1] != self._dim:
-            raise DimensionMismatch(
-                f"{what}: vectors have shape {vectors.shape}, the store's dimension is {self._dim}."
-            )
-        if not np.all(np.isfinite(vectors)):
-            raise DimensionMismatch(f"{what}: vectors contain NaN or infinity.")
-
     def upsert_chunks(self, chunks: Sequence[Chunk]) -> int:
         """Write the chunks, then delete the same documents' chunks of earlier writes.
 
@@ -910,8 +903,7 @@ class WeaviateStore:
         """
         if not chunks:
             return 0
-        vectors = np.stack([np.asarray(c.vector, dtype=np.float32) for c in chunks])
-        self._check_vectors(vectors, "upsert_chunks")
+        vectors = vector_matrix([c.vector for c in chunks], self._dim, "upsert_chunks")
         for c in chunks:
             if c.model_id != self._model_id:
                 raise EmbeddingModelMismatch(
@@ -1134,8 +1126,7 @@ class WeaviateStore:
     def append_events(self, events: Sequence[StoredEvent]) -> None:
         if not events:
             return
-        vectors = np.stack([np.asarray(e.vector, dtype=np.float32) for e in events])
-        self._check_vectors(vectors, "append_events")
+        vectors = vector_matrix([e.vector for e in events], self._dim, "append_events")
         pending = [self._event_object(e, vectors[i]) for i, e in enumerate(events)]
         self._write("append events", pending + self._registry({e.user_id for e in events}))
 
@@ -1200,8 +1191,7 @@ class WeaviateStore:
     def append_turns(self, turns: Sequence[StoredTurn]) -> None:
         if not turns:
             return
-        vectors = np.stack([np.asarray(t.vector, dtype=np.float32) for t in turns])
-        self._check_vectors(vectors, "append_turns")
+        vectors = vector_matrix([t.vector for t in turns], self._dim, "append_turns")
         pending = [self._turn_object(t, vectors[i]) for i, t in enumerate(turns)]
         self._write("append turns", pending + self._registry({t.user_id for t in turns}))
 
@@ -1312,8 +1302,7 @@ class WeaviateStore:
         meanwhile) is not written back, which would recreate the user's tenant."""
         if not events:
             return 0
-        vectors = np.stack([np.asarray(e.vector, dtype=np.float32) for e in events])
-        self._check_vectors(vectors, "rewrite_events")
+        vectors = vector_matrix([e.vector for e in events], self._dim, "rewrite_events")
         present = self._present(self._names.events, "event", [(e.id, e.user_id) for e in events])
         pending = [
             self._event_object(e, vectors[i])
@@ -1327,8 +1316,7 @@ class WeaviateStore:
         """Replace the turns with these ids, like `rewrite_events`."""
         if not turns:
             return 0
-        vectors = np.stack([np.asarray(t.vector, dtype=np.float32) for t in turns])
-        self._check_vectors(vectors, "rewrite_turns")
+        vectors = vector_matrix([t.vector for t in turns], self._dim, "rewrite_turns")
         present = self._present(self._names.turns, "turn", [(t.id, t.user_id) for t in turns])
         pending = [
             self._turn_object(t, vectors[i])

@@ -213,9 +213,9 @@ def test_add_many_equals_adding_one_by_one(
 
 
 def test_a_log_of_several_fold_blocks_folds_like_one_event_at_a_time() -> None:
-    """The fold widens the event matrix block by block (`_FOLD_BLOCK` rows); a log that
+    """The fold widens the event matrix block by block (`_fold_block` rows); a log that
     spans several blocks, the last one partial, sums exactly as the live fold does."""
-    n = 2 * profiles._FOLD_BLOCK + 357
+    n = 2 * profiles._fold_block(384) + 57
     rng = np.random.default_rng(9)
     vectors = rng.normal(size=(n, 384)).astype(np.float32)
     weights = rng.choice([-1.0, 0.0, 0.5, 2.0], size=n)

@@ -8,6 +8,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -262,6 +263,21 @@ def test_wrong_dimension_is_refused(store: Store, embedder: CachedQueryEmbedder)
     with pytest.raises(DimensionMismatch):
         store.upsert_chunks([bad])
     assert store.count_chunks() == 0
+
+
+def test_rows_of_different_lengths_are_refused_and_nothing_is_written(
+    store: Store, embedder: CachedQueryEmbedder
+) -> None:
+    good, short = chunks_for(embedder, "r", ["first text", "second text"])
+    short = replace(short, vector=np.ones(7, dtype=np.float32))
+    with pytest.raises(DimensionMismatch, match=str(embedder.dim)):
+        store.upsert_chunks([good, short])
+    assert store.count_chunks() == 0
+    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    events = [_event("u", 0, embedder.dim, when), _event("u", 1, 7, when)]
+    with pytest.raises(DimensionMismatch, match=str(embedder.dim)):
+        store.append_events(events)
+    assert store.read_events("u") == []
 
 
 def _event(user: str, i: int, dim: int, when: datetime) -> StoredEvent:
