@@ -188,7 +188,10 @@ class Settings(BaseSettings):
         "with their own mmap, at a fixed threshold, set when the store opens. glibc's "
         "self-adjusting threshold left LanceDB's freed write buffers fragmenting the heap, "
         "and a process that writes steadily grew without limit (None = leave malloc "
-        "alone; MALLOC_MMAP_THRESHOLD_ in the environment always wins)",
+        "alone; MALLOC_MMAP_THRESHOLD_ in the environment always wins). The price is on "
+        "big reads, whose buffers are mapped afresh each time: reading a 10,000-event "
+        "log's vectors took 47 ms against 15 with glibc's own threshold, so a process "
+        "that rebuilds many profiles and writes little may prefer None",
     )
     malloc_arena_max: int | None = Field(
         None,

@@ -773,14 +773,17 @@ class LanceDBStore:
             if self._has_vector_index and (
                 grown or self._deleted_share() >= _MATERIALIZE_DELETIONS
             ):
-                for ix in self._chunks.list_indices():
-                    if list(ix.columns) == ["vector"]:
-                        self._chunks.drop_index(ix.name)
-                self._has_vector_index = False  # rebuilt below, over every row
+                self._drop_vector_index()  # rebuilt below, over every row
             for table in (self._chunks, self._events, self._turns):
                 self._compact(table)
             self._unindexed = 0
             self._index_vectors()
+
+    def _drop_vector_index(self) -> None:
+        for ix in self._chunks.list_indices():
+            if list(ix.columns) == ["vector"]:
+                self._chunks.drop_index(ix.name)
+        self._has_vector_index = False
 
     def _deleted_share(self) -> float:
         """The largest share of deleted rows in any file the vector index covers (files
@@ -1243,6 +1246,18 @@ class LanceDBStore:
         # 50,000-row log) and it takes no compaction options. Here fragments stop growing
         # at a bound, and a compaction rewrites at most that many rows.
         rows = _CHUNK_FRAGMENT_ROWS if table is self._chunks else _LOG_FRAGMENT_ROWS
+        # A scrub rewrites every file holding a deleted row, and LanceDB would remap the
+        # vector index over the rewritten files: as costly as a build (one graph, one
+        # partition), and ANN recall@50 fell from 0.975 to 0.94 at 100k chunks
+        # (docs/benchmarks.md, "Sixth pass"). Rebuilt instead, as `optimize` does.
+        rebuild = (
+            scrub
+            and table is self._chunks
+            and self._has_vector_index
+            and self._deleted_share() > 0.0
+        )
+        if rebuild:
+            self._drop_vector_index()
         fold_vectors = not ingest or self._vector_fold_due()
         if not fold_vectors:
             rows = _FTS_REFRESH_ROWS
@@ -1267,6 +1282,8 @@ class LanceDBStore:
                 delete_unverified=scrub,
             )
         table.checkout_latest()
+        if rebuild:
+            self._index_vectors()
 
     @_rereads_lost_versions
     def read_turns(self, user_id: str, session_id: str) -> list[StoredTurn]:
