@@ -267,3 +267,21 @@ def test_ingest_index_probe_reports_the_load_and_the_reingest(
     assert all(int(r[2]) < max(50, 1000 // 4) for r in rows)  # rows not yet in the graph
     assert "re-ingest 200 chunks in 4 upserts" in out and "graph kept: yes" in out
     assert out.rstrip().endswith("1 segment(s), 0 rows outside, 1 file(s)")
+
+
+def test_forget_index_probe_reports_recall_before_and_after(
+    scale: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `scale` first: it fills the vector cache this reads.
+    import probe_forget_index
+
+    import pertinent.stores.lancedb as lance_mod
+
+    monkeypatch.setattr(lance_mod, "_VECTOR_INDEX_MIN_ROWS", 100)
+    args = ["--chunks", str(CHUNKS), "--every", "10", "--queries", "3", "--batch", "50"]
+    assert probe_forget_index.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"{CHUNKS} chunks ({CHUNKS} real vectors), 20 owned by the user" in out
+    recalls = [float(line.split(":")[1]) for line in out.splitlines() if "recall@50" in line]
+    assert len(recalls) == 2 and all(0.0 <= r <= 1.0 for r in recalls)
+    assert "(20 chunks); 1 segment(s), 180 rows indexed, 0 outside" in out
