@@ -58,9 +58,10 @@ class _NearDuplicates:
     """Cosines between each candidate and the passages packed so far.
 
     The candidates' vectors are scaled to length 1 in one pass per dimension, and each
-    check is one matrix-vector product against the packed rows. A pair compared one by
-    one in Python cost ≈ 2 ms of a 3 ms `pack` over 50 candidates (bench_throughput,
-    packing). Vectors of different lengths are never compared; a missing, empty, zero or
+    check is one matrix-vector product against the packed rows. Normalising each vector
+    and comparing pairs one by one in Python took ≈ 2 ms (cProfile) of a 4.6 ms `pack`
+    over 50 candidates (bench_throughput, packing; 3.2 ms now, docs/benchmarks.md).
+    Vectors of different lengths are never compared; a missing, empty, zero or
     non-finite vector takes no part.
     """
 

@@ -79,8 +79,9 @@ def _char_index_of_byte(text: str, n_bytes: int) -> int:
     """How many whole characters of `text` fit in its first `n_bytes` UTF-8 bytes."""
     head = text[:n_bytes]  # a character takes at least one byte
     try:
-        # Decoding drops the character the byte cut splits: ≈ 20× faster than a Python
-        # loop over characters, which took 0.5 ms of a 3 ms `pack`.
+        # Decoding drops the character the byte cut splits. Under 1 µs against 55-108 µs
+        # for a Python loop over the characters of a 300-700-byte prefix, which took
+        # ≈ 0.45 ms of a `pack` that cuts its last passage (cProfile).
         return len(head.encode("utf-8")[:n_bytes].decode("utf-8", "ignore"))
     except UnicodeEncodeError:  # a lone surrogate: counted character by character
         pass

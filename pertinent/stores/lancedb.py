@@ -1247,9 +1247,10 @@ class LanceDBStore:
         # at a bound, and a compaction rewrites at most that many rows.
         rows = _CHUNK_FRAGMENT_ROWS if table is self._chunks else _LOG_FRAGMENT_ROWS
         # A scrub rewrites every file holding a deleted row, and LanceDB would remap the
-        # vector index over the rewritten files: as costly as a build (one graph, one
-        # partition), and ANN recall@50 fell from 0.975 to 0.94 at 100k chunks
-        # (docs/benchmarks.md, "Sixth pass"). Rebuilt instead, as `optimize` does.
+        # vector index over the rewritten files: about as costly as a build (one graph,
+        # one partition), and ANN recall@50 fell from 0.976 to 0.936 after forgetting a
+        # user who owned 1,000 of 100,000 chunks (bench/probe_forget_index.py; rebuilt:
+        # 0.978, the forget 69 s against 54). Rebuilt instead, as `optimize` does.
         rebuild = (
             scrub
             and table is self._chunks
