@@ -45,7 +45,8 @@ def vector_matrix(vectors: Sequence[Any], dim: int, what: str) -> npt.NDArray[np
         matrix = np.array(vectors, dtype=np.float32)
     except (TypeError, ValueError) as exc:  # rows of different lengths, or not numbers
         raise DimensionMismatch(
-            f"{what}: every vector must hold {dim} numbers, the store's dimension ({exc})."
+            f"{what}: the vectors are not all {dim} numbers (the store's dimension). "
+            "Embed every row with the model the store was created with."
         ) from exc
     if matrix.ndim != 2 or matrix.shape[1] != dim:
         raise DimensionMismatch(
