@@ -43,7 +43,9 @@ OWNER = "forgotten"
 def _recall(
     store: LanceDBStore, qvecs: np.ndarray, vectors: np.ndarray, shared: np.ndarray
 ) -> float:
-    """Mean recall@50 of the store's vector search over the chunks anyone may see."""
+    """Mean recall@50 of the store's vector search over the chunks anyone may see.
+    Not bench_scale.ann_recall: that one ranks every chunk exactly, and the user's own
+    are invisible to this search, before the forget as after."""
     k = 50
     recalls = []
     for q in qvecs:
