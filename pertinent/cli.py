@@ -170,7 +170,8 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     from pertinent.embeddings import SentenceTransformerEmbedder
 
     with _open(args) as px:
-        report = px.reembed(SentenceTransformerEmbedder(args.model), model=args.model)
+        emb = SentenceTransformerEmbedder(args.model, precision=px.settings.embedding_precision)
+        report = px.reembed(emb, model=args.model)
     print(
         f"built {report.version} ({report.model_id}) beside {report.previous} and switched: "
         f"{report.shared_chunks} shared chunks, {report.owned_chunks} user-owned chunks, "

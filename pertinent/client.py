@@ -1198,7 +1198,9 @@ class Pertinent:
                             f"Version {target.id} was built with {target.model_id!r}, which "
                             "pertinent cannot load by name; pass rollback(embedder=...)."
                         )
-                    embedder = SentenceTransformerEmbedder(target.model)
+                    embedder = SentenceTransformerEmbedder(
+                        target.model, precision=self.settings.embedding_precision
+                    )
                 if embedder.model_id != target.model_id:
                     raise EmbeddingModelMismatch(
                         f"Version {target.id} holds {target.model_id!r} vectors, not "
@@ -1328,6 +1330,7 @@ def open(
         batch_size=s.embedding_batch_size,
         query_threads=s.query_threads,
         document_threads=s.document_threads,
+        precision=s.embedding_precision,
     )
     if s.query_cache_size > 0 and not isinstance(emb, CachedQueryEmbedder):
         emb = CachedQueryEmbedder(emb, s.query_cache_size)

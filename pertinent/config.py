@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         "all-MiniLM-L6-v2",
         description="the bundled model's name, or a local sentence-transformers directory",
     )
+    embedding_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="weights' dtype for the bundled embedder; auto: bfloat16 on a CPU with "
+        "native bfloat16 (AMX, AVX512-BF16), float32 elsewhere",
+    )
     embedding_batch_size: int = Field(64, gt=0)
     query_cache_size: int = Field(4096, ge=0)
     query_threads: int | None = Field(

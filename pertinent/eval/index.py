@@ -89,7 +89,11 @@ class VectorCacheEmbedder:
     def path(self) -> Path | None:
         if self.cache_dir is None:
             return None
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model_id)
+        # float32 and bfloat16 vectors share a model_id but not their digits; an
+        # evaluation should score the vectors its precision gives, so each has a file.
+        precision = getattr(self.inner, "precision", "float32")
+        tag = self.model_id if precision == "float32" else f"{self.model_id}-{precision}"
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)
         return self.cache_dir / f"{name}.npz"
 
     def _load(self) -> None:

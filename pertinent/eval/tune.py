@@ -310,6 +310,7 @@ def tune(
         batch_size=start.embedding_batch_size,
         query_threads=start.query_threads,
         document_threads=start.document_threads,
+        precision=start.embedding_precision,
     )
     cache = (cache_dir or default_cache_dir()) if use_cache else None
     say = log or (lambda _msg: None)
