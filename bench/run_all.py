@@ -118,6 +118,11 @@ def timed(name: str, log: dict[str, Any], f: Callable[[], T]) -> T:
     return out
 
 
+def _span(xs: list[float]) -> str:
+    """The lowest and highest of a benchmark's rounds, as "lo–hi"."""
+    return f"{_fmt(min(xs))}–{_fmt(max(xs))}"
+
+
 def _fmt(x: float, digits: int = 1) -> str:
     return f"{x:,.{digits}f}"
 
@@ -328,7 +333,9 @@ def render(res: dict[str, Any], command: str) -> str:
             f"- ingest: {i['documents']} documents → {i['chunks']} chunks, "
             f"{_fmt(i['ingest_chunks_per_s'])} chunks/s end to end against "
             f"{_fmt(i['embedder_chunks_per_s'])} chunks/s for the embedder alone on the same "
-            f"texts ({i['ratio']:.0%})."
+            f"texts ({i['ratio']:.0%}; medians of {len(i['rounds']['ingest'])} alternating "
+            f"rounds, ingest {_span(i['rounds']['ingest'])}, embedder "
+            f"{_span(i['rounds']['embed'])} chunks/s)."
         )
     if "packing" in tp:
         p = tp["packing"]
