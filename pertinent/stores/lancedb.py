@@ -308,9 +308,10 @@ def _rows_in_order(column: Any, order: np.ndarray, dim: int) -> np.ndarray:
     """A FixedSizeList column as an (n, dim) float32 matrix with row `order[i]` at i.
 
     Each Arrow chunk is scattered straight into the one output matrix: joining the
-    chunks first and then gathering wrote 15 MB twice for a 10,000-event log, and under
-    the store's mmap threshold every such buffer is faulted in afresh (docs/reliability.md).
-    A log read back in time order (events recorded as they happen) is copied once.
+    chunks first and then gathering wrote two new 15 MB buffers for a 10,000-event log
+    instead of one, and under the store's mmap threshold each is faulted in afresh
+    (docs/reliability.md). A log read back in time order (events recorded as they
+    happen) is copied by plain slices, with no index arithmetic.
     """
     n = len(order)
     out = np.empty((n, dim), dtype=np.float32)
