@@ -169,8 +169,8 @@ class SentenceTransformerEmbedder:
     cosine 0.998 of float32's and Cranfield nDCG@10 went from 0.3946 to 0.3964
     (docs/benchmarks.md, "Ninth pass"). `model_id` does not change with precision: the
     vectors are the same model's, as they are across BLAS builds, so a store filled in
-    one precision is searched in the other. Pass `"float32"` for bit-for-bit the old
-    vectors.
+    one precision is searched in the other. Pass `"float32"` for the vectors earlier
+    versions gave (equal within 1e-6: the normalisation is now done in NumPy).
     """
 
     def __init__(
