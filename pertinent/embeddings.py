@@ -187,9 +187,11 @@ class SentenceTransformerEmbedder:
         try:
             import torch
             from sentence_transformers import SentenceTransformer
+            from sentence_transformers.util import batch_to_device
         except ImportError as exc:
             raise MissingDependency("sentence-transformers", "local") from exc
         self._torch = torch
+        self._batch_to_device = batch_to_device
         self._query_threads = query_threads
         self._document_threads = document_threads or os.cpu_count() or 1
         if query_threads is not None:
@@ -292,11 +294,7 @@ class SentenceTransformerEmbedder:
         if self._model.training:  # as `encode` does: dropout off, whoever turned it on
             self._model.eval()
         with torch.inference_mode():
-            features = self._preprocess([text])
-            features = {
-                k: v.to(self._device) if isinstance(v, torch.Tensor) else v
-                for k, v in features.items()
-            }
+            features = self._batch_to_device(self._preprocess([text]), self._device)
             vec = self._model(features)["sentence_embedding"][0]
             out: np.ndarray = vec.float().cpu().numpy()
             return out
